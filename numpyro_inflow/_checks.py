@@ -1,0 +1,71 @@
+"""Input validation shared by the public entry points.
+
+Every check raises :class:`ValueError` phrased "``name``: expected X; got Y" so that
+the user sees which argument is wrong and what would have been accepted. Value
+checks (finiteness) run only on concrete arrays: inside ``jit`` the values are not
+known, and the ODE solve itself flags non-finite states.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def is_concrete(x) -> bool:
+    """True when ``x`` holds values now (not an abstract tracer under a transform)."""
+    return not isinstance(x, jax.core.Tracer)
+
+
+def as_float_array(x, name: str, *, min_ndim: int = 0, dtype=None) -> jax.Array:
+    """Convert ``x`` to a floating-point JAX array, refusing integer and boolean input."""
+    if isinstance(x, jax.core.Tracer):
+        arr = x
+    else:
+        arr = jnp.asarray(np.asarray(x) if not isinstance(x, jax.Array) else x)
+    if not jnp.issubdtype(arr.dtype, jnp.floating):
+        raise ValueError(
+            f"{name}: expected a floating-point array; got dtype {arr.dtype} "
+            f"(convert with {name}.astype('float32') if the values are meant as reals)"
+        )
+    if dtype is not None:
+        arr = arr.astype(dtype)
+    if arr.ndim < min_ndim:
+        raise ValueError(f"{name}: expected at least {min_ndim} dimension(s); got shape {arr.shape}")
+    return arr
+
+
+def check_finite(x, name: str) -> None:
+    """Raise if a concrete array holds NaN or infinity."""
+    if is_concrete(x) and not bool(jnp.all(jnp.isfinite(x))):
+        bad = int(jnp.sum(~jnp.isfinite(x)))
+        raise ValueError(f"{name}: expected finite values; got {bad} NaN/inf entries")
+
+
+def check_event_dim(x, name: str, dim: int) -> None:
+    """Raise unless the last axis of ``x`` has length ``dim``."""
+    if x.ndim == 0 or x.shape[-1] != dim:
+        raise ValueError(
+            f"{name}: expected an array whose last dimension is {dim} (shape (..., {dim})); "
+            f"got shape {tuple(x.shape)}"
+        )
+
+
+def check_positive(value, name: str) -> float:
+    """Return ``value`` as a float, raising unless it is finite and > 0."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected a positive number; got {value!r}") from None
+    if not np.isfinite(v) or v <= 0:
+        raise ValueError(f"{name}: expected a positive finite number; got {value!r}")
+    return v
+
+
+def event_input(x, name: str, dim: int) -> jax.Array:
+    """Validate a batch of points ``(..., dim)``: float dtype, last axis, finite values."""
+    arr = as_float_array(x, name, min_ndim=1)
+    check_event_dim(arr, name, dim)
+    check_finite(arr, name)
+    return arr
