@@ -446,6 +446,30 @@ class InflationaryFlow(eqx.Module):
         """Draws ``sample_shape + (D,)`` from the flow: base draws, decoded."""
         return self.decode(self.sample_latent(key, sample_shape))
 
+    # ------------------------------------------------------------------ persistence / NumPyro
+    def save(self, path, *, overwrite: bool = False) -> None:
+        """Save the flow to a versioned directory (see :mod:`numpyro_inflow.persistence`).
+
+        Refuses to overwrite an existing path unless ``overwrite=True``; writes atomically.
+        """
+        from .persistence import save_flow  # persistence knows every score type
+
+        save_flow(self, path, overwrite=overwrite)
+
+    @classmethod
+    def load(cls, path) -> InflationaryFlow:
+        """Load a flow saved with :meth:`save`."""
+        from .persistence import load_flow
+
+        return load_flow(path)
+
+    def prior(self, **kwargs):
+        """This flow as a NumPyro distribution over data space
+        (:class:`~numpyro_inflow.InflationaryFlowDistribution`)."""
+        from .numpyro import InflationaryFlowDistribution
+
+        return InflationaryFlowDistribution(self, **kwargs)
+
 
 def _flatten(a, dim):
     batch = a.shape[:-1]
