@@ -1,14 +1,15 @@
 r"""The inflationary flow: the probability-flow ODE solved with diffrax.
 
-In eigen coordinates, with the scaled state :math:`v = s(t)\,w`, the pfODE is
-semi-linear (de Albuquerque & Pearson 2024, eq. for the scaled flow; DESIGN.md §2):
+In eigen coordinates, with the scaled state $v = s(t)\,w$, the pfODE is
+semi-linear (de Albuquerque & Pearson 2024, the scaled pfODE of their appendix B):
 
-.. math::
-    \frac{dv}{dt} = \Big(\frac{\dot s}{s} + \frac{r}{2}\Big) v
-                    - \frac{r}{2}\, s(t)\, D\!\left(\frac{v}{s}, t\right),
-    \qquad r_i = \rho(1 + g_i).
+$$
+\frac{dv}{dt} = \Big(\frac{\dot s}{s} + \frac{r}{2}\Big) v
+- \frac{r}{2}\, s(t)\, D\!\left(\frac{v}{s}, t\right),
+\qquad r_i = \rho(1 + g_i).
+$$
 
-Encoding integrates ``0 -> T`` and returns :math:`z = v(T)/A_0`; decoding integrates
+Encoding integrates ``0 -> T`` and returns $z = v(T)/A_0$; decoding integrates
 back. The log-density comes from one augmented solve that carries the divergence of
 the denoiser term next to the state; the linear part of the divergence is integrated
 in closed form.
@@ -67,11 +68,11 @@ class PFODEField(eqx.Module):
     probes: jax.Array | str | None = None
 
     def linear(self, t) -> jax.Array:
-        r"""Diagonal linear coefficient :math:`\dot s/s + r/2`, shape ``(D,)``."""
+        r"""Diagonal linear coefficient $\dot s/s + r/2$, shape ``(D,)``."""
         return self.schedule.dlog_scale(t) + 0.5 * self.schedule.rates
 
     def nonlinear(self, t, v) -> jax.Array:
-        r"""The denoiser term :math:`\tfrac r2\, s\, D(v/s, t)`."""
+        r"""The denoiser term $\tfrac r2\, s\, D(v/s, t)$."""
         s = self.schedule.scale(t)
         return 0.5 * self.schedule.rates * s * self.score.denoise(v / s, t, self.schedule)
 
@@ -387,7 +388,7 @@ class InflationaryFlow(eqx.Module):
         return self.decode_with_info(z)[0]
 
     def encode_with_log_det(self, x, key: jax.Array | None = None):
-        r"""Latent ``z`` and :math:`\log|\det \partial z/\partial x|` from one augmented solve.
+        r"""Latent ``z`` and $\log|\det \partial z/\partial x|$ from one augmented solve.
 
         Args:
             x: data ``(..., D)``.
@@ -402,7 +403,7 @@ class InflationaryFlow(eqx.Module):
         return self._check_failures((z, ld), info)
 
     def decode_with_log_det(self, z, key: jax.Array | None = None):
-        r"""Data ``x`` and :math:`\log|\det \partial x/\partial z|` from one augmented solve."""
+        r"""Data ``x`` and $\log|\det \partial x/\partial z|$ from one augmented solve."""
         z = event_input(z, "z", self.dim)
         probes = self._probes_for(z.shape[:-1], key, z.dtype)
         x, ld, info = _batched_logdet(type(self)._decode_one, self, z, probes)
@@ -415,11 +416,11 @@ class InflationaryFlow(eqx.Module):
         return -0.5 * jnp.sum(z**2 / var + jnp.log(2 * jnp.pi * var), axis=-1)
 
     def log_prob(self, x, key: jax.Array | None = None) -> jax.Array:
-        r"""Log-density :math:`\log q(x)` of "draw z from the base, decode" at ``x`` ``(..., D)``.
+        r"""Log-density $\log q(x)$ of "draw z from the base, decode" at ``x`` ``(..., D)``.
 
         Exact up to ODE and trace-estimator error for PR-preserving flows. For
         PR-reducing flows it is the density with the squeezed directions given their
-        tiny base variances :math:`\epsilon_i` (an :math:`\epsilon`-regularised density
+        tiny base variances $\epsilon_i$ (an $\epsilon$-regularised density
         concentrated near a ``k``-dimensional set).
         """
         z, ld = self.encode_with_log_det(x, key)

@@ -1,12 +1,12 @@
 r"""Inflation schedules: the data's eigenbasis and the noise/scale functions of time.
 
 Everything here is expressed per eigen-direction ``i`` of the data covariance
-:math:`\Sigma = W \operatorname{diag}(\lambda) W^\top` (eigenvalues sorted descending).
-With a rate :math:`r_i = \rho(1 + g_i)` the injected noise variance is
+$\Sigma = W \operatorname{diag}(\lambda) W^\top$ (eigenvalues sorted descending).
+With a rate $r_i = \rho(1 + g_i)$ the injected noise variance is
 
-.. math:: \gamma_i(t) = \gamma_{0,i}\, e^{r_i t},
+$$\gamma_i(t) = \gamma_{0,i}\, e^{r_i t},$$
 
-and the scaled state is :math:`v = s(t)\, w`. See de Albuquerque & Pearson,
+and the scaled state is $v = s(t)\, w$. See de Albuquerque & Pearson,
 "Inflationary Flows", NeurIPS 2024, section 3 and appendix B, and ``docs/concepts.md``.
 """
 
@@ -25,7 +25,7 @@ __all__ = ["InflationSchedule", "participation_ratio"]
 
 
 def participation_ratio(eigenvalues_or_covariance) -> jax.Array:
-    r"""Participation ratio :math:`(\sum_i \lambda_i)^2 / \sum_i \lambda_i^2`.
+    r"""Participation ratio $(\sum_i \lambda_i)^2 / \sum_i \lambda_i^2$.
 
     It is 1 for a rank-one covariance and ``D`` for an isotropic one: a soft count of
     the dimensions the data occupy.
@@ -87,12 +87,12 @@ class InflationSchedule(eqx.Module):
 
     Build one with :meth:`from_data` (from samples) or :meth:`from_moments` (from a
     known mean and covariance). The default is the authors' reference schedule:
-    isotropic starting noise :math:`\gamma_0` and a single global scale
-    :math:`s(t) = A_0/\sqrt{\lambda_1 + \gamma_*(t)}`. With ``proportional=True``
+    isotropic starting noise $\gamma_0$ and a single global scale
+    $s(t) = A_0/\sqrt{\lambda_1 + \gamma_*(t)}$. With ``proportional=True``
     (PR-preserving only) the paper's variant is used instead: noise proportional to
-    each eigenvalue, :math:`\gamma_{0,i} = \gamma_0 \lambda_i/\lambda_1`, and a per-axis
-    scale :math:`s_i(t) = A_0/\sqrt{\lambda_i + \gamma_i(t)}`, which makes the scaled
-    covariance of Gaussian data exactly :math:`A_0^2 I` at every time.
+    each eigenvalue, $\gamma_{0,i} = \gamma_0 \lambda_i/\lambda_1$, and a per-axis
+    scale $s_i(t) = A_0/\sqrt{\lambda_i + \gamma_i(t)}$, which makes the scaled
+    covariance of Gaussian data exactly $A_0^2 I$ at every time.
 
     Attributes:
         mean: data mean ``(D,)``.
@@ -284,12 +284,12 @@ class InflationSchedule(eqx.Module):
 
     @property
     def rates(self) -> jax.Array:
-        r"""Per-direction rates :math:`r_i = \rho(1+g_i) = \frac{d}{dt}\log\gamma_i`."""
+        r"""Per-direction rates $r_i = \rho(1+g_i) = \frac{d}{dt}\log\gamma_i$."""
         return self.rho * (1.0 + self.g)
 
     @property
     def gamma_start(self) -> jax.Array:
-        r""":math:`\gamma_i(0)`: ``gamma0`` everywhere, or ``gamma0 * lam / lam_1`` if proportional."""
+        r"""$\gamma_i(0)$: ``gamma0`` everywhere, or ``gamma0 * lam / lam_1`` if proportional."""
         if self.proportional:
             return self.gamma0 * self.eigenvalues / self.eigenvalues[0]
         return jnp.full_like(self.eigenvalues, self.gamma0)
@@ -305,11 +305,11 @@ class InflationSchedule(eqx.Module):
 
     # ------------------------------------------------------------------ functions of t
     def gamma(self, t) -> jax.Array:
-        r"""Noise variances :math:`\gamma_i(t)`, shape ``(D,)``."""
+        r"""Noise variances $\gamma_i(t)$, shape ``(D,)``."""
         return self.gamma_start * jnp.exp(self.rates * t)
 
     def dgamma(self, t) -> jax.Array:
-        r""":math:`\dot\gamma_i(t) = r_i \gamma_i(t)`."""
+        r"""$\dot\gamma_i(t) = r_i \gamma_i(t)$."""
         return self.rates * self.gamma(t)
 
     def _scale_variance(self, t) -> jax.Array:
@@ -328,22 +328,22 @@ class InflationSchedule(eqx.Module):
         return jnp.broadcast_to(rate_star * gstar, self.eigenvalues.shape)
 
     def scale(self, t) -> jax.Array:
-        r"""Scale :math:`s_i(t)` (the same for every ``i`` unless proportional), shape ``(D,)``."""
+        r"""Scale $s_i(t)$ (the same for every ``i`` unless proportional), shape ``(D,)``."""
         return self.A0 / jnp.sqrt(self._scale_variance(t))
 
     def dlog_scale(self, t) -> jax.Array:
-        r""":math:`\dot s_i / s_i = -\tfrac12 \dot V_i / V_i` with :math:`V_i = s_i^{-2} A_0^2`."""
+        r"""$\dot s_i / s_i = -\tfrac12 \dot V_i / V_i$ with $V_i = s_i^{-2} A_0^2$."""
         return -0.5 * self._scale_rate(t) / self._scale_variance(t)
 
     def dscale(self, t) -> jax.Array:
-        r""":math:`\dot s_i(t)`."""
+        r"""$\dot s_i(t)$."""
         return self.scale(t) * self.dlog_scale(t)
 
     # ------------------------------------------------------------------ the latent
     @property
     def base_variance(self) -> jax.Array:
         r"""Variances of the latent ``z = v(T)/A0``: 1 on kept directions, and the squeezed
-        :math:`\epsilon_i = s_i(T)^2(\lambda_i + \gamma_i(T))/A_0^2` on the others."""
+        $\epsilon_i = s_i(T)^2(\lambda_i + \gamma_i(T))/A_0^2$ on the others."""
         t = self.t_end
         eps = self.scale(t) ** 2 * (self.eigenvalues + self.gamma(t)) / self.A0**2
         kept = jnp.arange(self.dim) < self.keep
@@ -351,6 +351,6 @@ class InflationSchedule(eqx.Module):
 
     def predicted_latent_variance(self, t=None) -> jax.Array:
         r"""Per-direction variance of the scaled state at ``t`` for Gaussian-like data,
-        :math:`s_i(t)^2(\lambda_i + \gamma_i(t))/A_0^2` (defaults to ``t_end``)."""
+        $s_i(t)^2(\lambda_i + \gamma_i(t))/A_0^2$ (defaults to ``t_end``)."""
         t = self.t_end if t is None else t
         return self.scale(t) ** 2 * (self.eigenvalues + self.gamma(t)) / self.A0**2

@@ -1,9 +1,9 @@
 r"""Scores (denoisers) of the noised data distribution, in eigen coordinates.
 
 A score object answers one question: given an unscaled eigen-coordinate point ``w``
-at time ``t``, what is the posterior mean :math:`D(w, t) = E[u_0 \mid w_t = w]` of the
+at time ``t``, what is the posterior mean $D(w, t) = E[u_0 \mid w_t = w]$ of the
 clean point? Tweedie's formula turns it into the score,
-:math:`\nabla \log p_t(w) = (D(w, t) - w)/\gamma(t)`.
+$\nabla \log p_t(w) = (D(w, t) - w)/\gamma(t)$.
 
 Two exact oracles live here: :class:`GaussianMixtureScore` (any mixture with full
 covariances, for which the whole flow is known in closed form) and
@@ -39,20 +39,20 @@ class AbstractScore(eqx.Module):
         """Posterior mean of the clean eigen coordinates given ``w`` ``(D,)`` at time ``t``."""
 
     def score(self, w: jax.Array, t, schedule: InflationSchedule) -> jax.Array:
-        r"""Score :math:`\nabla_w \log p_t(w) = (D(w,t) - w)/\gamma(t)` (Tweedie)."""
+        r"""Score $\nabla_w \log p_t(w) = (D(w,t) - w)/\gamma(t)$ (Tweedie)."""
         return (self.denoise(w, t, schedule) - w) / schedule.gamma(t)
 
 
 class GaussianMixtureScore(AbstractScore):
-    r"""Exact denoiser of a Gaussian mixture :math:`\sum_m \pi_m N(m_m, S_m)` (data space).
+    r"""Exact denoiser of a Gaussian mixture $\sum_m \pi_m N(m_m, S_m)$ (data space).
 
     In eigen coordinates the noised marginal is the mixture with means
-    :math:`a_m = W^\top(m_m - \mu)` and covariances
-    :math:`B_m + \operatorname{diag}\gamma(t)`, :math:`B_m = W^\top S_m W`, so
+    $a_m = W^\top(m_m - \mu)$ and covariances
+    $B_m + \operatorname{diag}\gamma(t)$, $B_m = W^\top S_m W$, so
 
-    .. math:: D(w, t) = \sum_m r_m(w)\,[a_m + B_m (B_m + G)^{-1}(w - a_m)],
+    $$D(w, t) = \sum_m r_m(w)\,[a_m + B_m (B_m + G)^{-1}(w - a_m)],$$
 
-    with responsibilities :math:`r_m`. This makes the whole flow exact: the backbone of
+    with responsibilities $r_m$. This makes the whole flow exact: the backbone of
     the test suite and a ground truth for posteriors.
 
     Args:
@@ -142,10 +142,10 @@ class GaussianMixtureScore(AbstractScore):
         return -0.5 * jnp.sum(sol**2) - half_logdet - 0.5 * w.shape[-1] * jnp.log(2 * jnp.pi)
 
     def log_prob_t(self, w: jax.Array, t, schedule: InflationSchedule) -> jax.Array:
-        r"""Exact :math:`\log p_t(w)` of unscaled eigen coordinates ``w`` ``(..., D)``.
+        r"""Exact $\log p_t(w)$ of unscaled eigen coordinates ``w`` ``(..., D)``.
 
         At ``t = 0`` this is the density the flow represents: the mixture convolved with
-        :math:`N(0, \operatorname{diag}\gamma(0))` (rotation-invariant, so it is also the
+        $N(0, \operatorname{diag}\gamma(0))$ (rotation-invariant, so it is also the
         data-space density of ``x`` with ``w = W^T(x - mu)``).
         """
         a, _, chol = self._noised(t, schedule)
@@ -172,10 +172,10 @@ class GaussianMixtureScore(AbstractScore):
 
 
 class EmpiricalScore(AbstractScore):
-    r"""Kernel denoiser of a finite data set, :math:`p_0 = \frac1N\sum_j \delta(x_j)`.
+    r"""Kernel denoiser of a finite data set, $p_0 = \frac1N\sum_j \delta(x_j)$.
 
-    The noised marginal is a mixture of :math:`N(a_j, \operatorname{diag}\gamma(t))`
-    centred on the projected data :math:`a_j`, so the denoiser is a softmax-weighted
+    The noised marginal is a mixture of $N(a_j, \operatorname{diag}\gamma(t))$
+    centred on the projected data $a_j$, so the denoiser is a softmax-weighted
     average of the data. The sum over data is streamed in chunks with a running
     log-sum-exp, so memory is ``O(batch * chunk_size * D)`` whatever ``N`` is.
 

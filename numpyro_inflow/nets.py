@@ -1,0 +1,226 @@
+r"""Flax networks for learned denoisers: an MLP for vectors and a small U-Net for images.
+
+Both map a preconditioned input ``x`` ``(..., D)`` and a noise label ``c_noise`` ``(...)``
+to an output ``(..., D)`` (the :math:`F_\theta` of the EDM-style preconditioning in
+:mod:`numpyro_inflow.denoiser`).
+
+Why flax *linen* (and not nnx): a linen module is an immutable, hashable dataclass
+that only *describes* the computation, while its weights live in a separate plain
+pytree (``params``). That split is exactly what an equinox module wants: the
+:class:`~numpyro_inflow.denoiser.LearnedDenoiser` keeps the module as a static field
+and the weights as array leaves, so the trained score is an ordinary traced pytree
+(``jit``/``vmap``/``grad`` work on it, ``eqx.tree_serialise_leaves`` saves it) and the
+module's hyperparameters are its JSON configuration. nnx objects carry mutable state
+in the object itself and would need ``nnx.split``/``merge`` at every boundary.
+
+Time embedding: ``c_noise`` is an affine function of ``t`` in ``[0, 1]`` (see
+:func:`numpyro_inflow.denoiser.preconditioning`). It is embedded with sines and
+cosines at fixed, geometrically spaced frequencies :math:`1 \dots f_{\max}`, so the
+embedding is a deterministic function of the configuration (no random buffers).
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+__all__ = ["MLP", "UNet", "build_network", "fourier_embedding", "NETWORKS"]
+
+
+def fourier_embedding(c: jax.Array, num_frequencies: int, max_frequency: float) -> jax.Array:
+    r"""Sinusoidal embedding of a scalar label ``c`` ``(...)`` -> ``(..., 2F + 1)``.
+
+    Features are :math:`[c, \sin(2\pi f_k c), \cos(2\pi f_k c)]` with ``F`` frequencies
+    :math:`f_k` spaced geometrically from 1 to ``max_frequency``.
+    """
+    if num_frequencies == 1:
+        freqs = jnp.ones((1,), c.dtype)
+    else:
+        freqs = jnp.exp(jnp.linspace(0.0, math.log(max_frequency), num_frequencies)).astype(
+            c.dtype
+        )
+    ang = 2 * jnp.pi * c[..., None] * freqs
+    return jnp.concatenate([c[..., None], jnp.sin(ang), jnp.cos(ang)], axis=-1)
+
+
+def _out_init(scale: float):
+    if scale == 0:
+        return nn.initializers.zeros
+    return nn.initializers.variance_scaling(scale**2, "fan_in", "truncated_normal")
+
+
+class MLP(nn.Module):
+    """Residual MLP with a time embedding, for vector data (the default for toys).
+
+    ``x -> Dense(width)``, then ``depth`` residual blocks
+    ``h += Dense(SiLU(Dense(SiLU(LN(h))) + Dense(emb)))`` and a final ``Dense(dim)``.
+    The time embedding enters every block, so the net can change its behaviour with
+    the noise level at every depth. The output layer is zero-initialised by default
+    (``output_scale=0``): the untrained denoiser is then the linear Wiener filter
+    ``c_skip * w``, the exact answer for Gaussian data.
+
+    Attributes:
+        dim: input/output dimension ``D``.
+        width: hidden width.
+        depth: number of residual blocks.
+        num_frequencies: frequencies of the time embedding.
+        max_frequency: largest embedding frequency (``c_noise`` lies in ``[0, 1]``).
+        output_scale: standard deviation scale of the output layer's initial weights.
+        dtype: parameter and computation dtype.
+    """
+
+    dim: int
+    width: int = 128
+    depth: int = 3
+    num_frequencies: int = 16
+    max_frequency: float = 64.0
+    output_scale: float = 0.0
+    dtype: str = "float32"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, c_noise: jax.Array) -> jax.Array:
+        dt = jnp.dtype(self.dtype)
+        dense = lambda n, **kw: nn.Dense(n, dtype=dt, param_dtype=dt, **kw)  # noqa: E731
+        c = jnp.broadcast_to(c_noise, x.shape[:-1]).astype(dt)
+        emb = fourier_embedding(c, self.num_frequencies, self.max_frequency)
+        emb = nn.silu(dense(self.width)(emb))
+        h = dense(self.width)(x.astype(dt))
+        for _ in range(self.depth):
+            r = nn.silu(nn.LayerNorm(dtype=dt, param_dtype=dt)(h))
+            r = dense(self.width)(r) + dense(self.width)(emb)
+            r = dense(self.width)(nn.silu(r))
+            h = h + r
+        h = nn.silu(nn.LayerNorm(dtype=dt, param_dtype=dt)(h))
+        return dense(self.dim, kernel_init=_out_init(self.output_scale))(h)
+
+
+class _ResBlock(nn.Module):
+    channels: int
+    dtype: str
+
+    @nn.compact
+    def __call__(self, h, emb):
+        dt = jnp.dtype(self.dtype)
+        groups = math.gcd(8, self.channels)
+        r = nn.silu(nn.GroupNorm(num_groups=groups, dtype=dt, param_dtype=dt)(h))
+        r = nn.Conv(self.channels, (3, 3), dtype=dt, param_dtype=dt)(r)
+        r = r + nn.Dense(self.channels, dtype=dt, param_dtype=dt)(emb)[..., None, None, :]
+        r = nn.silu(nn.GroupNorm(num_groups=groups, dtype=dt, param_dtype=dt)(r))
+        r = nn.Conv(self.channels, (3, 3), dtype=dt, param_dtype=dt)(r)
+        if h.shape[-1] != self.channels:
+            h = nn.Conv(self.channels, (1, 1), dtype=dt, param_dtype=dt)(h)
+        return h + r
+
+
+class UNet(nn.Module):
+    """Small convolutional U-Net for images flattened to vectors (e.g. 8x8 digits).
+
+    The input ``(..., H*W*C)`` is reshaped to ``(..., H, W, C)`` (row-major, channels
+    last), passed through one residual block per resolution on the way down (2x2
+    average pooling between resolutions) and up (nearest-neighbour upsampling,
+    concatenated skip connections), and flattened back. Each block receives the time
+    embedding. Use it with ``space="data"`` in the denoiser so the convolutions see
+    pixels rather than eigen coordinates.
+
+    Attributes:
+        image_shape: ``(H, W, C)``; ``H`` and ``W`` divisible by ``2**(len(channels)-1)``.
+        channels: channels per resolution, highest resolution first.
+        num_frequencies, max_frequency: time embedding (as for :class:`MLP`).
+        embed_width: width of the embedding MLP.
+        output_scale: initial weight scale of the output convolution (0: zeros).
+        dtype: parameter and computation dtype.
+    """
+
+    image_shape: tuple[int, int, int] = (8, 8, 1)
+    channels: tuple[int, ...] = (32, 64)
+    num_frequencies: int = 16
+    max_frequency: float = 64.0
+    embed_width: int = 128
+    output_scale: float = 0.0
+    dtype: str = "float32"
+
+    @property
+    def dim(self) -> int:
+        h, w, c = self.image_shape
+        return h * w * c
+
+    @nn.compact
+    def __call__(self, x: jax.Array, c_noise: jax.Array) -> jax.Array:
+        dt = jnp.dtype(self.dtype)
+        batch = x.shape[:-1]
+        h = x.reshape(-1, *self.image_shape).astype(dt)
+        c = jnp.broadcast_to(c_noise, batch).astype(dt).reshape(-1)
+        emb = fourier_embedding(c, self.num_frequencies, self.max_frequency)
+        emb = nn.silu(nn.Dense(self.embed_width, dtype=dt, param_dtype=dt)(emb))
+        emb = nn.silu(nn.Dense(self.embed_width, dtype=dt, param_dtype=dt)(emb))
+        h = nn.Conv(self.channels[0], (3, 3), dtype=dt, param_dtype=dt)(h)
+        skips = []
+        for i, ch in enumerate(self.channels):
+            h = _ResBlock(ch, self.dtype)(h, emb)
+            skips.append(h)
+            if i < len(self.channels) - 1:
+                h = nn.avg_pool(h, (2, 2), strides=(2, 2))
+        for i, ch in reversed(list(enumerate(self.channels))):
+            if i < len(self.channels) - 1:
+                n, hh, ww, cc = h.shape
+                h = jax.image.resize(h, (n, 2 * hh, 2 * ww, cc), "nearest")
+            h = jnp.concatenate([h, skips[i]], axis=-1)
+            h = _ResBlock(ch, self.dtype)(h, emb)
+        groups = math.gcd(8, self.channels[0])
+        h = nn.silu(nn.GroupNorm(num_groups=groups, dtype=dt, param_dtype=dt)(h))
+        h = nn.Conv(
+            self.image_shape[-1], (3, 3), dtype=dt, param_dtype=dt,
+            kernel_init=_out_init(self.output_scale),
+        )(h)
+        return h.reshape(*batch, self.dim)
+
+
+NETWORKS = {"mlp": MLP, "unet": UNet}
+
+
+def build_network(architecture: str, dim: int, **hyperparameters) -> nn.Module:
+    """Instantiate a registered network by name (``"mlp"`` or ``"unet"``).
+
+    Args:
+        architecture: a key of :data:`NETWORKS`.
+        dim: data dimension ``D``; for ``"unet"`` it must equal ``H * W * C``
+            (``image_shape`` defaults to a square single-channel image of side
+            ``sqrt(D)``).
+        **hyperparameters: the module's attributes.
+
+    Returns:
+        The (parameter-free) flax module.
+
+    Raises:
+        ValueError: for an unknown architecture or inconsistent shapes.
+    """
+    if architecture not in NETWORKS:
+        raise ValueError(f"architecture: expected one of {sorted(NETWORKS)}; got {architecture!r}")
+    if architecture == "mlp":
+        return MLP(dim=dim, **hyperparameters)
+    hp = dict(hyperparameters)
+    if "image_shape" not in hp:
+        side = math.isqrt(dim)
+        if side * side != dim:
+            raise ValueError(
+                f"image_shape: expected (H, W, C) for a non-square dimension {dim}; got none"
+            )
+        hp["image_shape"] = (side, side, 1)
+    hp["image_shape"] = tuple(int(s) for s in hp["image_shape"])
+    if "channels" in hp:
+        hp["channels"] = tuple(int(c) for c in hp["channels"])
+    net = UNet(**hp)
+    if net.dim != dim:
+        raise ValueError(
+            f"image_shape: expected H*W*C = {dim}; got {hp['image_shape']} (= {net.dim})"
+        )
+    factor = 2 ** (len(net.channels) - 1)
+    if net.image_shape[0] % factor or net.image_shape[1] % factor:
+        raise ValueError(
+            f"image_shape: expected H and W divisible by {factor} for {len(net.channels)} "
+            f"resolutions; got {net.image_shape}"
+        )
+    return net
