@@ -42,7 +42,7 @@ bench: $(STAMP)
 	@set -e; for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b; done
 
 docs: $(STAMP)
-	$(PY) -m mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -23,9 +23,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-import numpyro_inflow as nif  # noqa: E402
+import numpyro_inflow as nif
 
 
 def ring_mixture(n_comp: int = 8, radius: float = 2.0, var: float = 0.04):
@@ -33,7 +33,9 @@ def ring_mixture(n_comp: int = 8, radius: float = 2.0, var: float = 0.04):
     means = radius * np.stack([np.cos(ang), np.sin(ang)], -1)
     covs = np.tile(var * np.eye(2), (n_comp, 1, 1))
     return nif.GaussianMixtureScore(
-        jnp.full(n_comp, 1.0 / n_comp), jnp.asarray(means, jnp.float32), jnp.asarray(covs, jnp.float32)
+        jnp.full(n_comp, 1.0 / n_comp),
+        jnp.asarray(means, jnp.float32),
+        jnp.asarray(covs, jnp.float32),
     )
 
 
@@ -46,7 +48,9 @@ def _save(fig, path: Path) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default="inflow-demo", help="output folder (default ./inflow-demo)")
+    parser.add_argument(
+        "--out", default="inflow-demo", help="output folder (default ./inflow-demo)"
+    )
     parser.add_argument("-n", "--num-points", type=int, default=2000, help="points to encode")
     parser.add_argument("--keep", type=int, default=None, help="1 for a PR-reducing flow")
     parser.add_argument("--seed", type=int, default=0)
@@ -101,7 +105,9 @@ def main(argv=None) -> int:
     cell = (g[1] - g[0]) ** 2
     mass = jnp.exp(lp_true)
     summary["log_prob"] = {
-        "mass_weighted_mean_abs_error": float(jnp.sum(mass * jnp.abs(lp_flow - lp_true)) / mass.sum()),
+        "mass_weighted_mean_abs_error": float(
+            jnp.sum(mass * jnp.abs(lp_flow - lp_true)) / mass.sum()
+        ),
         "integral_on_grid": float(jnp.sum(jnp.exp(lp_flow)) * cell),
     }
     stages.update()
@@ -147,15 +153,23 @@ def main(argv=None) -> int:
     tmp.write_text(json.dumps(summary, indent=2))
     tmp.replace(out / "summary.json")
 
-    print(f"oracle flow on an 8-component ring mixture (keep={schedule.keep}, T={schedule.t_end:.2f})")
-    print(f"  encode: {args.num_points} points in {summary['encode']['seconds']:.2f} s, "
-          f"{summary['encode']['mean_nfe']:.0f} network evaluations per point")
-    print(f"  latent mean {np.round(summary['encode']['latent_mean'], 3)}, "
-          f"variance {np.round(summary['encode']['latent_var'], 3)} "
-          f"(base variance {np.round(summary['schedule']['base_variance'], 4)})")
+    print(
+        f"oracle flow on an 8-component ring mixture (keep={schedule.keep}, T={schedule.t_end:.2f})"
+    )
+    print(
+        f"  encode: {args.num_points} points in {summary['encode']['seconds']:.2f} s, "
+        f"{summary['encode']['mean_nfe']:.0f} network evaluations per point"
+    )
+    print(
+        f"  latent mean {np.round(summary['encode']['latent_mean'], 3)}, "
+        f"variance {np.round(summary['encode']['latent_var'], 3)} "
+        f"(base variance {np.round(summary['schedule']['base_variance'], 4)})"
+    )
     print(f"  round trip max |x - decode(encode(x))| = {summary['round_trip_max_abs_error']:.2e}")
-    print(f"  log-density vs analytic: mean |error| {summary['log_prob']['mass_weighted_mean_abs_error']:.2e}, "
-          f"integral on grid {summary['log_prob']['integral_on_grid']:.4f}")
+    print(
+        f"  log-density vs analytic: mean |error| {summary['log_prob']['mass_weighted_mean_abs_error']:.2e}, "
+        f"integral on grid {summary['log_prob']['integral_on_grid']:.4f}"
+    )
     print(f"  figures and summary in {out.resolve()}/ (flow.png, log_density.png, summary.json)")
     return 0
 

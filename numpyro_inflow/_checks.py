@@ -32,7 +32,9 @@ def as_float_array(x, name: str, *, min_ndim: int = 0, dtype=None) -> jax.Array:
     if dtype is not None:
         arr = arr.astype(dtype)
     if arr.ndim < min_ndim:
-        raise ValueError(f"{name}: expected at least {min_ndim} dimension(s); got shape {arr.shape}")
+        raise ValueError(
+            f"{name}: expected at least {min_ndim} dimension(s); got shape {arr.shape}"
+        )
     return arr
 
 

@@ -166,7 +166,7 @@ class InflationSchedule(eqx.Module):
         if x.ndim != 2:
             raise ValueError(f"x: expected a 2-D array (N, D); got shape {tuple(x.shape)}")
         check_finite(x, "x")
-        n, d = x.shape
+        n = x.shape[0]
         if n < 2:
             raise ValueError(f"x: expected at least 2 samples to estimate a covariance; got {n}")
         xn = np.asarray(x, dtype=np.float64)
