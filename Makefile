@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml | $(PY)
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) examples/oracle_demo.py --out inflow-demo
+	$(PY) -m numpyro_inflow.demo --out inflow-demo
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)

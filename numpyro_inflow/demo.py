@@ -5,7 +5,7 @@ ODE error: everything printed here can be compared with the truth. The demo enco
 mixture samples to the latent, decodes them back, evaluates the flow's log-density
 against the analytic one, draws new samples, and writes PNG figures and a summary.
 
-Run ``python examples/oracle_demo.py --out inflow-demo`` (or ``make demo``).
+Run ``python -m numpyro_inflow.demo --out inflow-demo``, ``inflow demo`` or ``make demo``.
 """
 
 from __future__ import annotations
