@@ -53,11 +53,14 @@ def main(argv=None) -> int:
     )
     parser.add_argument("-n", "--num-points", type=int, default=2000, help="points to encode")
     parser.add_argument("--keep", type=int, default=None, help="1 for a PR-reducing flow")
+    parser.add_argument("--grid", type=int, default=80, help="log-density grid points per axis")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if args.num_points < 10:
         parser.error("--num-points: expected at least 10")
+    if args.grid < 10:
+        parser.error("--grid: expected at least 10")
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -97,7 +100,7 @@ def main(argv=None) -> int:
 
     stages.set_postfix_str("log-density")
     lim = 3.2
-    g = np.linspace(-lim, lim, 80)
+    g = np.linspace(-lim, lim, args.grid)
     gx, gy = np.meshgrid(g, g)
     grid = jnp.asarray(np.stack([gx.ravel(), gy.ravel()], -1), jnp.float32)
     lp_flow = flow.log_prob(grid)

@@ -7,7 +7,7 @@ from numpyro_inflow import demo
 
 def test_demo_writes_report(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert demo.main(["--out", str(out), "-n", "40", "--quiet"]) == 0
+    assert demo.main(["--out", str(out), "-n", "40", "--grid", "40", "--quiet"]) == 0
     for name in ("flow.png", "log_density.png", "summary.json"):
         assert (out / name).stat().st_size > 0
     summary = json.loads((out / "summary.json").read_text())
