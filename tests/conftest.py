@@ -35,3 +35,21 @@ def random_mixture(seed, n_comp, dim, dtype=jnp.float32):
 @pytest.fixture
 def key():
     return jax.random.key(0)
+
+
+@pytest.fixture
+def x64():
+    """Run one test in float64 without switching the whole process (xdist or not)."""
+    with jax.enable_x64(True):
+        yield
+
+
+def gaussian_oracle(seed, dim, dtype=jnp.float32):
+    """A single full-covariance Gaussian (as a one-component mixture) with a non-zero mean."""
+    rng = np.random.default_rng(seed)
+    a = rng.normal(0, 1, (dim, dim))
+    cov = a @ a.T + 0.3 * np.eye(dim)
+    mean = rng.normal(0, 1, dim)
+    return nif.GaussianMixtureScore(
+        jnp.ones(1, dtype), jnp.asarray(mean[None], dtype), jnp.asarray(cov[None], dtype)
+    )
