@@ -1,0 +1,377 @@
+r"""Exponential integrators for the semi-linear pfODE, as diffrax solvers.
+
+The flow's vector field (:class:`~numpyro_inflow.PFODEField`) is semi-linear. In the
+unscaled eigen coordinates :math:`w = v/s(t)` it reads, per direction :math:`i`,
+
+.. math:: \frac{dw_i}{dt} = c_i\,\bigl(w_i - D_i(w, t)\bigr), \qquad c_i = \frac{r_i}{2}
+          = \frac{\rho(1+g_i)}{2},
+
+with a *constant* rate :math:`c_i` (because :math:`\log\gamma_i` is affine in
+:math:`t`; DESIGN.md §2, de Albuquerque & Pearson 2024, §3). Variation of constants
+over a step :math:`t_0 \to t_1 = t_0 + h` (:math:`h < 0` when decoding) is exact:
+
+.. math:: w_i(t_1) = e^{c_i h}\, w_i(t_0)
+          - \int_{t_0}^{t_1} c_i\, e^{c_i (t_1 - \tau)}\, D_i(\tau)\, d\tau .
+
+Only the denoiser is approximated. Writing :math:`\sigma = \tau - t_0`, :math:`x_i = c_i h`
+and :math:`\varphi_k(x) = \sum_{j \ge 0} x^j/(j+k)!` (so :math:`\varphi_1(x) = (e^x-1)/x`),
+the moments of the kernel are
+
+.. math:: \int_0^h c\, e^{c(h-\sigma)}\, \frac{\sigma^k}{k!}\, d\sigma = h^k\, x\,\varphi_{k+1}(x),
+
+so a polynomial model :math:`D(t_0+\sigma) \approx D_0 + \sigma D'` integrates exactly to
+
+.. math:: w(t_1) = e^{x} w(t_0) - (e^{x} - 1)\, D_0 - h\, x\varphi_2(x)\, D' .
+
+The solvers differ in how they get :math:`D'`:
+
+* :class:`ExponentialEuler`: :math:`D' = 0`; first order, one evaluation per step.
+* :class:`ExponentialMultistep`: :math:`D'` from the previous step's evaluation,
+  :math:`(D_0 - D_{-1})/(t_0 - t_{-1})`; second order with *one* evaluation per step
+  (plus two before the first step), or third order (``order=3``) through two
+  previous evaluations. Works on any grid (``StepTo``).
+* :class:`ExponentialMidpoint`: :math:`D'` from an exponential-Euler predictor to the
+  midpoint, :math:`(D_{1/2} - D_0)/(h/2)`; second order, two evaluations per step,
+  and adaptive (the difference from the exponential Euler step is its error
+  estimate), so it works with ``diffrax.PIDController``.
+
+In the time variable :math:`\lambda_i = -\tfrac12\log\gamma_i` (affine in :math:`t`) these
+are the data-prediction exponential integrators of the diffusion literature
+(DPM-Solver++ 1/2M/2S, DEIS), here with per-direction rates. With the scale included,
+:math:`v(t_1) = s(t_1)\, w(t_1)` and :math:`w(t_0) = v(t_0)/s(t_0)`, so the linear part
+(:math:`\dot s/s + c`) is propagated exactly too.
+
+**Log-density state.** When the field carries the divergence accumulator
+(``PFODEField.probes`` not ``None``, state ``(v, acc)``), ``acc`` is integrated with
+the same polynomial model of the divergence: explicit Euler (``ExponentialEuler``),
+second-order Adams–Bashforth on the same grid (``ExponentialMultistep``) and the
+midpoint rule (``ExponentialMidpoint``), so every solver keeps its order on the
+log-determinant.
+
+Every solver here needs the term to be ``diffrax.ODETerm(PFODEField(...))`` (the
+flow builds it so); other terms raise ``ValueError`` when the solve is traced.
+Each class exposes ``evals_per_step`` (denoiser evaluations per step) and
+``initial_evals`` (evaluations before the first step: 2 for
+:class:`ExponentialMultistep`, 0 otherwise), which the flow reads for its NFE count.
+
+Example:
+    >>> import jax.numpy as jnp
+    >>> import numpyro_inflow as nif
+    >>> gm = nif.GaussianMixtureScore(jnp.ones(2) / 2, jnp.array([[-1.0, 0], [1, 0]]),
+    ...                               jnp.tile(0.1 * jnp.eye(2), (2, 1, 1)))
+    >>> schedule = nif.InflationSchedule.from_moments(*gm.moments())
+    >>> flow = nif.InflationaryFlow(schedule, gm, solver=nif.ExponentialMultistep(),
+    ...                             dt0=schedule.t_end / 40)
+    >>> z, info = flow.encode_with_info(jnp.array([[1.0, 0.0]]))
+    >>> int(info.nfe[0])  # 40 steps, one evaluation each, and two to start
+    42
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import ClassVar
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+__all__ = ["ExponentialEuler", "ExponentialMidpoint", "ExponentialMultistep"]
+
+# |x| below this uses the Taylor series of x*phi_k(x) (avoids cancellation in e^x - 1 - ...).
+_SERIES_CUTOFF = 0.5
+_SERIES_TERMS = 10
+
+
+def _xphi(k: int, x: jax.Array) -> jax.Array:
+    r""":math:`x\,\varphi_k(x)` for ``k >= 1``: ``expm1(x)`` for ``k = 1``, and in general
+    :math:`(e^x - \sum_{j<k} x^j/j!)/x^{k-1}`, computed stably for small ``|x|``."""
+    if k == 1:
+        return jnp.expm1(x)
+    small = jnp.abs(x) < _SERIES_CUTOFF
+    xs = jnp.where(small, x, 0.0)
+    series = sum(xs ** (j + 1) / math.factorial(j + k) for j in range(_SERIES_TERMS))
+    xd = jnp.where(small, 1.0, x)  # safe value in the unused branch (finite gradients)
+    head = jnp.expm1(xd) - sum(xd**j / math.factorial(j) for j in range(1, k))
+    return jnp.where(small, series, head / xd ** (k - 1))
+
+
+def _field_and_direction(terms):
+    """Unwrap ``ODETerm(PFODEField)`` (possibly inside diffrax's time-reversal ``WrapTerm``)."""
+    direction = 1
+    term = terms
+    # diffeqsolve reverses time for t1 < t0 by wrapping the term (private ``WrapTerm``
+    # with ``term`` and ``direction``) and negating the times it passes to the solver.
+    if hasattr(term, "direction") and hasattr(term, "term"):
+        direction = term.direction
+        term = term.term
+    field = getattr(term, "vector_field", None)
+    if not isinstance(term, diffrax.ODETerm) or not all(
+        hasattr(field, name) for name in ("schedule", "nonlinear", "linear", "probes")
+    ):
+        raise ValueError(
+            "terms: expected diffrax.ODETerm(PFODEField(...)) (the pfODE of an "
+            "InflationaryFlow, whose semi-linear structure these exponential integrators "
+            f"use); got {type(terms).__name__} with vector field {type(field).__name__}. "
+            "Adjoints that wrap the terms (e.g. BacksolveAdjoint) are not supported; use "
+            "diffrax.RecursiveCheckpointAdjoint."
+        )
+    return field, direction
+
+
+class _Eval:
+    """One denoiser evaluation: data prediction ``D`` (eigen coords) and divergence."""
+
+    def __init__(self, field, t, y, args):
+        sch = field.schedule
+        if field.probes is None:
+            v, nonlin, div = y, field.nonlinear(t, y), None
+        else:
+            v, _ = y
+            dv, div = field(t, y, args)
+            # The field returns linear * v - nonlinear; recover the nonlinear part (one
+            # evaluation, with the field's own divergence estimator).
+            nonlin = field.linear(t) * v - dv
+        # A direction with rate 0 (PR-reducing "orig" exponents with D = 2k) has no
+        # denoiser term; its D is multiplied by x * phi(x) = 0, so any finite value works.
+        denom = 0.5 * sch.rates * sch.scale(t)
+        zero = denom == 0
+        self.d = jnp.where(zero, 0.0, nonlin / jnp.where(zero, 1.0, denom))
+        self.div = div
+
+
+def _propagate(field, t0, h, v0, d0, slope, curv=None) -> jax.Array:
+    r""":math:`v(t_0+h)` from the exact integral of
+    :math:`D(t_0+\sigma) = D_0 + \sigma\,\mathrm{slope} + \sigma^2\,\mathrm{curv}`."""
+    sch = field.schedule
+    x = 0.5 * sch.rates * h
+    w0 = v0 / sch.scale(t0)
+    w1 = jnp.exp(x) * w0 - _xphi(1, x) * d0
+    if slope is not None:
+        w1 = w1 - h * _xphi(2, x) * slope
+    if curv is not None:
+        w1 = w1 - 2.0 * h**2 * _xphi(3, x) * curv
+    return sch.scale(t0 + h) * w1
+
+
+def _pack(field, v, acc):
+    return v if field.probes is None else (v, acc)
+
+
+def _unpack(field, y):
+    return (y, None) if field.probes is None else y
+
+
+class _AbstractExponentialSolver(diffrax.AbstractSolver):
+    """Shared plumbing: term structure, interpolation, vector-field evaluation."""
+
+    term_structure: ClassVar = diffrax.AbstractTerm
+    interpolation_cls: ClassVar[Callable[..., diffrax.LocalLinearInterpolation]] = (
+        diffrax.LocalLinearInterpolation
+    )
+    evals_per_step: ClassVar[int]
+    initial_evals: ClassVar[int] = 0
+
+    def func(self, terms, t0, y0, args):
+        return terms.vf(t0, y0, args)
+
+
+class ExponentialEuler(_AbstractExponentialSolver):
+    r"""Exponential Euler for the pfODE: the denoiser is frozen over each step.
+
+    .. math:: w(t_1) = e^{c h} w(t_0) - (e^{c h} - 1)\, D(w(t_0), t_0), \quad c = r/2.
+
+    First order, one denoiser evaluation per step, no error estimate (use
+    ``diffrax.ConstantStepSize`` or ``diffrax.StepTo``). Exact when the denoiser is
+    constant in time; the linear part is always exact. The log-density accumulator,
+    if present, takes an explicit Euler step.
+    """
+
+    evals_per_step: ClassVar[int] = 1
+
+    def order(self, terms):
+        return 1
+
+    def init(self, terms, t0, t1, y0, args):
+        _field_and_direction(terms)
+        return None
+
+    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
+        del solver_state, made_jump
+        field, direction = _field_and_direction(terms)
+        ta, tb = direction * t0, direction * t1
+        h = tb - ta
+        v0, acc0 = _unpack(field, y0)
+        e0 = _Eval(field, ta, y0, args)
+        v1 = _propagate(field, ta, h, v0, e0.d, None)
+        acc1 = None if acc0 is None else acc0 + h * e0.div
+        y1 = _pack(field, v1, acc1)
+        return y1, None, dict(y0=y0, y1=y1), None, diffrax.RESULTS.successful
+
+
+class ExponentialMultistep(_AbstractExponentialSolver):
+    r"""Exponential multistep integrator (2M or 3M): one evaluation per step.
+
+    The denoiser is modelled as a polynomial in time through the current and the
+    ``order - 1`` previous evaluations, and that polynomial is integrated exactly
+    against the exponential kernel. For ``order=2``:
+
+    .. math::
+        w(t_1) = e^{x} w(t_0) - (e^{x} - 1) D_0 - h\, x\varphi_2(x)\,
+                 \frac{D_0 - D_{-1}}{t_0 - t_{-1}},\qquad x = \frac{r h}{2},
+
+    with :math:`x\varphi_2(x) = (e^x - 1 - x)/x`. For ``order=3`` the Newton form
+    :math:`D_0 + d_1\sigma + d_2\sigma(\sigma + t_0 - t_{-1})` through three points
+    (divided differences :math:`d_1, d_2`) adds
+    :math:`-h\,x\varphi_2(x)\, d_2 (t_0 - t_{-1}) - 2h^2\, x\varphi_3(x)\, d_2`.
+
+    Start-up: before the first step, an exponential Euler predictor to the first
+    step's midpoint provides a history point (two evaluations, counted by the class
+    attribute ``initial_evals``), so the first step is a second-order 2S step and the
+    second step for ``order=3`` already has three nodes. A first-order start would cap
+    the global order at 2, with an error the inflation amplifies. After a jump the
+    history is dropped (exponential Euler, then 2M, then 3M). Steps may be of any size
+    (``diffrax.StepTo`` grids are supported); there is no error estimate, so adaptive
+    controllers are not.
+
+    The log-density accumulator, if present, integrates the same polynomial model of
+    the divergence (Adams–Bashforth on a variable grid), e.g. for ``order=2``
+    :math:`a_1 = a_0 + h\,\mathrm{div}_0 + \tfrac{h^2}{2}\,
+    (\mathrm{div}_0 - \mathrm{div}_{-1})/(t_0 - t_{-1})`.
+
+    Args:
+        order: 2 (default) or 3.
+
+    Raises:
+        ValueError: for another ``order``.
+    """
+
+    method_order: int = eqx.field(static=True, default=2)
+    evals_per_step: ClassVar[int] = 1
+    initial_evals: ClassVar[int] = 2
+
+    def __init__(self, order: int = 2):
+        if isinstance(order, bool) or order not in (2, 3):
+            raise ValueError(f"order: expected 2 or 3; got {order!r}")
+        self.method_order = int(order)
+
+    def order(self, terms):
+        return self.method_order
+
+    def init(self, terms, t0, t1, y0, args):
+        # diffrax passes the end of the *first step* as t1. Start-up: an exponential
+        # Euler predictor to the first step's midpoint gives a history point there, so
+        # the first step is a second-order 2S step instead of a first-order one (which
+        # would cap the global order at 2, and whose error the flow amplifies).
+        field, direction = _field_and_direction(terms)
+        ta, tb = direction * t0, direction * t1
+        h = tb - ta
+        v0, acc0 = _unpack(field, y0)
+        e0 = _Eval(field, ta, y0, args)
+        t_mid = ta + 0.5 * h
+        v_mid = _propagate(field, ta, 0.5 * h, v0, e0.d, None)
+        e_mid = _Eval(field, t_mid, _pack(field, v_mid, acc0), args)
+        # History, newest first: times, D's, divergences, and how many entries are valid
+        # (the second entry, for order 3, is filled by the first step).
+        hist = self.method_order - 1
+        return (
+            (t_mid,) * hist,
+            (e_mid.d,) * hist,
+            (e_mid.div,) * hist,
+            jnp.where(h == 0, 0, 1),
+        )
+
+    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
+        field, direction = _field_and_direction(terms)
+        ts, ds, divs, n_hist = solver_state
+        n_hist = jnp.where(made_jump, 0, n_hist)
+        ta, tb = direction * t0, direction * t1
+        h = tb - ta
+        v0, acc0 = _unpack(field, y0)
+        e0 = _Eval(field, ta, y0, args)
+
+        def coeffs(f0, fs):
+            # Newton divided differences over (ta, ts[0], ts[1]) with safe denominators
+            # where the history is missing (the unused values keep gradients finite).
+            ok1 = n_hist >= 1
+            g1 = jnp.where(ok1, ta - ts[0], 1.0)
+            d1 = jnp.where(ok1, (f0 - fs[0]) / g1, 0.0)
+            if self.method_order == 2:
+                return d1, None
+            ok2 = n_hist >= 2
+            g1p = jnp.where(ok2, ts[0] - ts[1], 1.0)
+            g2 = jnp.where(ok2, ta - ts[1], 1.0)
+            d1p = jnp.where(ok2, (fs[0] - fs[1]) / g1p, 0.0)
+            d2 = jnp.where(ok2, (d1 - d1p) / g2, 0.0)
+            # D0 + d1 s + d2 s (s + g1) = D0 + (d1 + d2 g1) s + d2 s^2
+            return d1 + d2 * jnp.where(ok1, g1, 0.0), d2
+
+        slope, curv = coeffs(e0.d, ds)
+        v1 = _propagate(field, ta, h, v0, e0.d, slope, curv)
+        acc1 = None
+        if acc0 is not None:
+            dslope, dcurv = coeffs(e0.div, divs)
+            acc1 = acc0 + h * e0.div + 0.5 * h**2 * dslope
+            if dcurv is not None:
+                acc1 = acc1 + h**3 / 3.0 * dcurv
+        y1 = _pack(field, v1, acc1)
+        hist = self.method_order - 1
+        new_state = (
+            (ta, *ts[: hist - 1]),
+            (e0.d, *ds[: hist - 1]),
+            (e0.div, *divs[: hist - 1]),
+            jnp.minimum(n_hist + 1, hist),
+        )
+        return y1, None, dict(y0=y0, y1=y1), new_state, diffrax.RESULTS.successful
+
+
+class ExponentialMidpoint(_AbstractExponentialSolver, diffrax.AbstractAdaptiveSolver):
+    r"""Second-order single-step exponential integrator (2S, midpoint), adaptive.
+
+    A predictor takes an exponential Euler half step to :math:`t_{1/2} = t_0 + h/2`, the
+    denoiser is evaluated there, and the line through :math:`D_0` and :math:`D_{1/2}` is
+    integrated exactly:
+
+    .. math::
+        w(t_1) = e^{x} w(t_0) - (e^{x} - 1) D_0 - h\, x\varphi_2(x)\,
+                 \frac{D_{1/2} - D_0}{h/2}.
+
+    Two evaluations per step. The last term is the difference from the exponential
+    Euler step and serves as the local error estimate, so this solver works with
+    ``diffrax.PIDController`` (the default controller an
+    :class:`~numpyro_inflow.InflationaryFlow` builds for it) as well as with fixed grids.
+    The log-density accumulator, if present, uses the midpoint rule
+    :math:`a_1 = a_0 + h\,\mathrm{div}_{1/2}`.
+    """
+
+    evals_per_step: ClassVar[int] = 2
+
+    def order(self, terms):
+        return 2
+
+    def init(self, terms, t0, t1, y0, args):
+        _field_and_direction(terms)
+        return None
+
+    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
+        del solver_state, made_jump
+        field, direction = _field_and_direction(terms)
+        ta, tb = direction * t0, direction * t1
+        h = tb - ta
+        v0, acc0 = _unpack(field, y0)
+        e0 = _Eval(field, ta, y0, args)
+        v_mid = _propagate(field, ta, 0.5 * h, v0, e0.d, None)
+        e_mid = _Eval(field, ta + 0.5 * h, _pack(field, v_mid, acc0), args)
+        half = jnp.where(h == 0, 1.0, 0.5 * h)  # a zero-length step has a zero slope term
+        slope = (e_mid.d - e0.d) / half
+        v1 = _propagate(field, ta, h, v0, e0.d, slope)
+        x = 0.5 * field.schedule.rates * h
+        v_err = field.schedule.scale(tb) * h * _xphi(2, x) * slope
+        if acc0 is None:
+            y1, y_err = v1, v_err
+        else:
+            y1 = (v1, acc0 + h * e_mid.div)
+            y_err = (v_err, h * (e_mid.div - e0.div))
+        return y1, y_err, dict(y0=y0, y1=y1), None, diffrax.RESULTS.successful
