@@ -27,7 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-__all__ = ["MLP", "UNet", "build_network", "fourier_embedding", "NETWORKS"]
+__all__ = ["MLP", "NETWORKS", "UNet", "build_network", "fourier_embedding"]
 
 
 def fourier_embedding(c: jax.Array, num_frequencies: int, max_frequency: float) -> jax.Array:
@@ -39,9 +39,7 @@ def fourier_embedding(c: jax.Array, num_frequencies: int, max_frequency: float) 
     if num_frequencies == 1:
         freqs = jnp.ones((1,), c.dtype)
     else:
-        freqs = jnp.exp(jnp.linspace(0.0, math.log(max_frequency), num_frequencies)).astype(
-            c.dtype
-        )
+        freqs = jnp.exp(jnp.linspace(0.0, math.log(max_frequency), num_frequencies)).astype(c.dtype)
     ang = 2 * jnp.pi * c[..., None] * freqs
     return jnp.concatenate([c[..., None], jnp.sin(ang), jnp.cos(ang)], axis=-1)
 
@@ -105,7 +103,8 @@ class _ResBlock(nn.Module):
     def __call__(self, h, emb):
         dt = jnp.dtype(self.dtype)
         groups = math.gcd(8, self.channels)
-        r = nn.silu(nn.GroupNorm(num_groups=groups, dtype=dt, param_dtype=dt)(h))
+        g_in = math.gcd(8, h.shape[-1])
+        r = nn.silu(nn.GroupNorm(num_groups=g_in, dtype=dt, param_dtype=dt)(h))
         r = nn.Conv(self.channels, (3, 3), dtype=dt, param_dtype=dt)(r)
         r = r + nn.Dense(self.channels, dtype=dt, param_dtype=dt)(emb)[..., None, None, :]
         r = nn.silu(nn.GroupNorm(num_groups=groups, dtype=dt, param_dtype=dt)(r))
@@ -172,7 +171,10 @@ class UNet(nn.Module):
         groups = math.gcd(8, self.channels[0])
         h = nn.silu(nn.GroupNorm(num_groups=groups, dtype=dt, param_dtype=dt)(h))
         h = nn.Conv(
-            self.image_shape[-1], (3, 3), dtype=dt, param_dtype=dt,
+            self.image_shape[-1],
+            (3, 3),
+            dtype=dt,
+            param_dtype=dt,
             kernel_init=_out_init(self.output_scale),
         )(h)
         return h.reshape(*batch, self.dim)
