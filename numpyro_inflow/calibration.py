@@ -1,0 +1,460 @@
+"""Simulation-based calibration (SBC) for any NumPyro model.
+
+SBC (Talts et al. 2018, arXiv 1804.06788) checks a whole inference pipeline: draw
+:math:`\\theta^\\star \\sim p(\\theta)` and :math:`y \\sim p(y | \\theta^\\star)`, fit
+:math:`p(\\theta | y)` with the sampler under test, and record the rank of
+:math:`\\theta^\\star` among (nearly independent) posterior draws. If the sampler is
+exact, every rank is uniform, for every latent and every derived quantity
+:math:`f(\\theta)`. Departures show their shape in rank histograms and PIT-ECDF plots:
+a U shape means over-confident (too narrow) posteriors, a hump under-confident ones, a
+slope a bias.
+
+The fits are vectorised: one per-simulation sampler (warm-up and sampling for all
+chains, built from the kernel's ``init``/``sample``) is compiled once, ``jax.vmap``-ed
+over a batch of simulations, and called batch after batch with a progress bar.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+
+import jax
+import numpy as np
+from numpyro import handlers
+from numpyro.diagnostics import effective_sample_size
+from numpyro.infer import NUTS, Predictive
+from scipy import stats
+
+__all__ = ["SBCResult", "holm", "sbc"]
+
+
+def holm(pvalues) -> np.ndarray:
+    """Holm's step-down adjustment of p-values (controls the family-wise error rate).
+
+    Args:
+        pvalues: array of raw p-values.
+
+    Returns:
+        Adjusted p-values, same shape; reject at level ``alpha`` where ``adjusted < alpha``.
+    """
+    p = np.asarray(pvalues, float)
+    flat = p.ravel()
+    m = flat.size
+    order = np.argsort(flat)
+    adj = np.minimum(1.0, (m - np.arange(m)) * flat[order])
+    adj = np.maximum.accumulate(adj)
+    out = np.empty(m)
+    out[order] = adj
+    return out.reshape(p.shape)
+
+
+def _flatten_site(name: str, arr: np.ndarray, lead: int) -> dict[str, np.ndarray]:
+    """Split the event part of ``arr`` (after ``lead`` batch axes) into scalar quantities."""
+    event = arr.shape[lead:]
+    if not event:
+        return {name: arr}
+    flat = arr.reshape((*arr.shape[:lead], -1))
+    return {
+        f"{name}[{','.join(map(str, idx))}]": flat[..., j]
+        for j, idx in enumerate(np.ndindex(*event))
+    }
+
+
+def _latent_sites(model, model_args, model_kwargs, observed) -> list[str]:
+    tr = handlers.trace(handlers.seed(model, 0)).get_trace(*model_args, **model_kwargs)
+    missing = [o for o in observed if o not in tr]
+    if missing:
+        raise ValueError(
+            f"observed: expected names of sample sites of the model; got {missing} "
+            f"(sites: {sorted(tr)})"
+        )
+    return [
+        name
+        for name, site in tr.items()
+        if site["type"] == "sample"
+        and not site["is_observed"]
+        and name not in observed
+        and not site.get("infer", {}).get("is_auxiliary", False)
+    ]
+
+
+@dataclasses.dataclass
+class SBCResult:
+    """Outcome of :func:`sbc`.
+
+    Attributes:
+        quantities: names of the scalar quantities checked (``"theta[0]"``, derived names).
+        ranks: ``{quantity: (num_simulations,)}`` integer rank of the truth among the
+            ``num_draws`` thinned posterior draws (0 to ``num_draws``).
+        num_draws: ``(num_simulations,)`` number of thinned draws per simulation.
+        pit: ``{quantity: (num_simulations,)}`` randomised PIT values
+            ``(rank + U) / (num_draws + 1)``, exactly uniform on (0, 1) under calibration.
+        truths: ``{quantity: (num_simulations,)}`` the simulated true values.
+        pvalues: ``{quantity: p}`` raw p-values of the chosen uniformity test.
+        pvalues_ks, pvalues_chi2: raw p-values of both tests, for reference.
+        adjusted: ``{quantity: p}`` Holm-adjusted p-values of the chosen test.
+        alpha: family-wise significance level.
+        test: ``"ks"`` or ``"chi2"``.
+        bins: number of bins of the chi-square test and rank histograms.
+        min_ess: ``(num_simulations,)`` smallest bulk ESS over quantities per simulation.
+        seconds: wall time of the fits (compilation included).
+    """
+
+    quantities: list[str]
+    ranks: dict[str, np.ndarray]
+    num_draws: np.ndarray
+    pit: dict[str, np.ndarray]
+    truths: dict[str, np.ndarray]
+    pvalues: dict[str, float]
+    pvalues_ks: dict[str, float]
+    pvalues_chi2: dict[str, float]
+    adjusted: dict[str, float]
+    alpha: float
+    test: str
+    bins: int
+    min_ess: np.ndarray
+    seconds: float
+
+    @property
+    def num_simulations(self) -> int:
+        """Number of simulations."""
+        return int(self.num_draws.shape[0])
+
+    @property
+    def flagged(self) -> list[str]:
+        """Quantities whose adjusted p-value is below ``alpha``."""
+        return [q for q in self.quantities if self.adjusted[q] < self.alpha]
+
+    @property
+    def passed(self) -> bool:
+        """True when no quantity is flagged (family-wise level ``alpha``)."""
+        return not self.flagged
+
+    @property
+    def verdict(self) -> str:
+        """``"PASS"`` or ``"FAIL: q1, q2"``."""
+        return "PASS" if self.passed else "FAIL: " + ", ".join(self.flagged)
+
+    def __repr__(self) -> str:
+        return (
+            f"SBCResult({self.num_simulations} simulations, {len(self.quantities)} quantities, "
+            f"{self.test} + Holm at alpha={self.alpha}: {self.verdict})"
+        )
+
+    def summary(self):
+        """One row per quantity: p-values, adjusted p-value, flag (a pandas DataFrame)."""
+        import pandas as pd
+
+        return pd.DataFrame(
+            {
+                "ks_p": [self.pvalues_ks[q] for q in self.quantities],
+                "chi2_p": [self.pvalues_chi2[q] for q in self.quantities],
+                "adjusted_p": [self.adjusted[q] for q in self.quantities],
+                "flagged": [self.adjusted[q] < self.alpha for q in self.quantities],
+            },
+            index=pd.Index(self.quantities, name="quantity"),
+        )
+
+    def to_datatree(self):
+        """ArviZ DataTree with the PIT values in group ``prior_sbc`` (and truths in ``prior``).
+
+        Each quantity is a variable with dims ``(chain=1, draw=num_simulations)``, the
+        layout :func:`arviz_plots.plot_ecdf_pit` reads.
+        """
+        from arviz_base import from_dict
+
+        def grp(d):
+            return {q: np.asarray(d[q])[None, :] for q in self.quantities}
+
+        return from_dict({"prior_sbc": grp(self.pit), "prior": grp(self.truths)})
+
+    def plot_ranks(self, bins: int | None = None, band: float = 0.99):
+        """Rank histograms with a pointwise binomial band per bin.
+
+        Args:
+            bins: number of bins (default: the result's ``bins``).
+            band: probability of the grey band that each bin count falls in under uniformity.
+
+        Returns:
+            A matplotlib Figure, one panel per quantity.
+        """
+        import matplotlib.pyplot as plt
+
+        bins = self.bins if bins is None else int(bins)
+        n, q = self.num_simulations, len(self.quantities)
+        cols = min(q, 4)
+        rows = math.ceil(q / cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
+        lo, hi = stats.binom.ppf([(1 - band) / 2, (1 + band) / 2], n, 1.0 / bins)
+        edges = np.linspace(0, 1, bins + 1)
+        for ax, name in zip(axes.ravel(), self.quantities, strict=False):
+            ax.axhspan(lo, hi, color="0.85", label=f"{band:.0%} band")
+            ax.axhline(n / bins, color="0.5", lw=0.8)
+            ax.hist(self.pit[name], bins=edges, color="C0", alpha=0.8)
+            flag = " (flagged)" if self.adjusted[name] < self.alpha else ""
+            ax.set_title(f"{name}{flag}", fontsize=9)
+            ax.set_xlabel("normalised rank")
+        for ax in axes.ravel()[q:]:
+            ax.set_visible(False)
+        fig.suptitle(f"SBC rank histograms: {self.verdict}", fontsize=10)
+        fig.tight_layout()
+        return fig
+
+    def plot_ecdf(self, var_names=None, method: str = "pot_c", **kwargs):
+        """PIT-ECDF difference plots with ArviZ's uniformity test (arviz-plots).
+
+        Calls :func:`arviz_plots.plot_ecdf_pit` on :meth:`to_datatree`. The default
+        ``method="pot_c"`` (ArviZ's recommended test) marks the points that drive a
+        departure from uniformity and prints its p-value per panel; ``"envelope"`` draws
+        the simultaneous band of Säilynoja et al. 2022 (ArviZ plans to deprecate it).
+
+        Args:
+            var_names: quantities to plot (default all).
+            method: ArviZ uniformity method (``"pot_c"``, ``"prit_c"``, ``"piet_c"``,
+                ``"envelope"``).
+            **kwargs: passed to :func:`arviz_plots.plot_ecdf_pit`.
+
+        Returns:
+            An arviz-plots ``PlotCollection``.
+        """
+        from arviz_plots import plot_ecdf_pit
+
+        kwargs.setdefault("backend", "matplotlib")
+        return plot_ecdf_pit(self.to_datatree(), var_names=var_names, method=method, **kwargs)
+
+
+def _uniformity_pvalues(u: np.ndarray, bins: int) -> tuple[float, float]:
+    ks = float(stats.kstest(u, "uniform").pvalue)
+    counts = np.histogram(u, bins=np.linspace(0, 1, bins + 1))[0]
+    chi2 = float(stats.chisquare(counts).pvalue)
+    return ks, chi2
+
+
+def _build_fit(
+    model, kernel, observed, model_args, model_kwargs, num_warmup, num_samples, num_chains, derived
+):
+    """The per-simulation sampler: (key, data dict) -> dict of (chains, draws, ...) arrays."""
+
+    def one_chain(key, data):
+        kern = kernel(handlers.condition(model, data))
+        k_init, _k_run = jax.random.split(key)
+        state = kern.init(k_init, num_warmup, None, model_args, model_kwargs)
+
+        def warm(_, s):
+            return kern.sample(s, model_args, model_kwargs)
+
+        state = jax.lax.fori_loop(0, num_warmup, warm, state)
+
+        def body(s, _):
+            s = kern.sample(s, model_args, model_kwargs)
+            return s, getattr(s, kern.sample_field)
+
+        _, zs = jax.lax.scan(body, state, None, length=num_samples)
+        values = jax.vmap(kern.postprocess_fn(model_args, model_kwargs))(zs)
+        for name, fn in derived.items():
+            values[name] = jax.vmap(fn)(values)
+        return values
+
+    def fit(key, data):
+        keys = jax.random.split(key, num_chains)
+        return jax.vmap(one_chain, in_axes=(0, None))(keys, data)
+
+    return fit
+
+
+def sbc(
+    model,
+    rng_key: jax.Array,
+    *,
+    observed: str | Sequence[str],
+    num_simulations: int = 100,
+    kernel: Callable | None = None,
+    num_warmup: int = 500,
+    num_samples: int = 500,
+    num_chains: int = 2,
+    derived: Mapping[str, Callable] | None = None,
+    fit_model=None,
+    model_args: tuple = (),
+    model_kwargs: Mapping | None = None,
+    batch_size: int = 16,
+    alpha: float = 0.05,
+    test: str = "ks",
+    bins: int | None = None,
+    progress_bar: bool = True,
+) -> SBCResult:
+    """Simulation-based calibration of ``kernel`` on ``model``.
+
+    ``model`` is the generative model: called with ``model_args``/``model_kwargs`` and
+    no data, it samples the latents and the ``observed`` sites. For each simulation the
+    observed sites are fixed with :func:`numpyro.handlers.condition`, so any NumPyro
+    model works unchanged.
+
+    Thinning: per simulation, all chains are pooled and thinned by
+    :math:`k = \\lceil C N / \\widehat{\\mathrm{ESS}}_{\\min} \\rceil` (bulk ESS over
+    all quantities, NumPyro's estimator), so the ranks are over nearly independent
+    draws. Ranks become randomised PIT values ``(rank + U) / (L + 1)``, uniform under
+    calibration whatever ``L``. Each quantity gets a KS (default) or chi-square test;
+    the verdict uses Holm's correction at family-wise level ``alpha``.
+
+    Args:
+        model: a NumPyro model.
+        rng_key: JAX PRNG key.
+        observed: name(s) of the data sites.
+        num_simulations: number of simulated data sets.
+        kernel: a callable ``model -> MCMCKernel`` (a class such as
+            :class:`numpyro.infer.NUTS` or :class:`numpyro_inflow.MALA`, or a
+            ``functools.partial`` of one). Default NUTS.
+        num_warmup: warm-up iterations per chain.
+        num_samples: post-warm-up iterations per chain.
+        num_chains: chains per simulation.
+        derived: ``{name: f}`` with ``f(values) -> array`` applied to one draw (a dict of
+            constrained latents and deterministic sites) and to the truth.
+        fit_model: the model conditioned and fitted (default ``model``). Pass a
+            different one to check an approximate or misspecified model against data
+            simulated from ``model``; its latent sites must match.
+        model_args: positional arguments of the model.
+        model_kwargs: keyword arguments of the model.
+        batch_size: simulations per vectorised call (``jax.vmap``); the sampler is
+            compiled once for this batch size.
+        alpha: family-wise significance level of the verdict.
+        test: ``"ks"`` (Kolmogorov-Smirnov on PIT values) or ``"chi2"`` (chi-square on
+            ``bins`` equal bins).
+        bins: number of bins (default ``max(5, min(20, num_simulations // 10))``).
+        progress_bar: show a tqdm bar over simulations.
+
+    Returns:
+        An :class:`SBCResult`.
+
+    Raises:
+        ValueError: for bad arguments or unknown observed sites.
+
+    Example:
+        >>> import jax, numpyro, numpyro.distributions as dist
+        >>> import numpyro_inflow as nif
+        >>> def model():
+        ...     mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+        ...     numpyro.sample("y", dist.Normal(mu, 0.5).expand([3]).to_event(1))
+        >>> res = nif.sbc(model, jax.random.key(0), observed="y", num_simulations=20,
+        ...               num_warmup=100, num_samples=100, progress_bar=False)
+        >>> res.quantities
+        ['mu']
+    """
+    import time
+
+    from tqdm.auto import tqdm
+
+    observed = (observed,) if isinstance(observed, str) else tuple(observed)
+    model_kwargs = dict(model_kwargs or {})
+    derived = dict(derived or {})
+    kernel = NUTS if kernel is None else kernel
+    for name, v in [
+        ("num_simulations", num_simulations),
+        ("num_samples", num_samples),
+        ("num_chains", num_chains),
+        ("batch_size", batch_size),
+    ]:
+        if not isinstance(v, int | np.integer) or v < 1:
+            raise ValueError(f"{name}: expected a positive integer; got {v!r}")
+    if not isinstance(num_warmup, int | np.integer) or num_warmup < 0:
+        raise ValueError(f"num_warmup: expected a non-negative integer; got {num_warmup!r}")
+    if test not in ("ks", "chi2"):
+        raise ValueError(f"test: expected 'ks' or 'chi2'; got {test!r}")
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha: expected a number in (0, 1); got {alpha!r}")
+    if not callable(kernel):
+        raise ValueError(f"kernel: expected a callable model -> MCMCKernel; got {kernel!r}")
+    bins = max(5, min(20, num_simulations // 10)) if bins is None else int(bins)
+
+    latents = _latent_sites(model, model_args, model_kwargs, observed)
+    key_prior, key_fit, key_jitter = jax.random.split(rng_key, 3)
+    prior = Predictive(model, num_samples=num_simulations)(key_prior, *model_args, **model_kwargs)
+    truth_values = {k: v for k, v in prior.items() if k not in observed}
+    for name, fn in derived.items():
+        truth_values[name] = jax.vmap(fn)(truth_values)
+    targets = latents + list(derived)
+
+    fit_model = model if fit_model is None else fit_model
+    fit = jax.jit(
+        jax.vmap(
+            _build_fit(
+                fit_model,
+                kernel,
+                observed,
+                model_args,
+                model_kwargs,
+                num_warmup,
+                num_samples,
+                num_chains,
+                derived,
+            )
+        )
+    )
+    fit_keys = jax.random.split(key_fit, num_simulations)
+    draws: dict[str, list[np.ndarray]] = {t: [] for t in targets}
+    t0 = time.perf_counter()
+    with tqdm(total=num_simulations, desc="SBC", disable=not progress_bar) as bar:
+        for start in range(0, num_simulations, batch_size):
+            idx = np.arange(start, start + batch_size) % num_simulations  # pad the last batch
+            data = {o: prior[o][idx] for o in observed}
+            out = jax.device_get(fit(fit_keys[idx], data))
+            take = min(batch_size, num_simulations - start)
+            for t in targets:
+                draws[t].append(np.asarray(out[t])[:take])
+            bar.update(take)
+    seconds = time.perf_counter() - t0
+
+    # flatten every target into scalar quantities: (S, C, N) draws, (S,) truths
+    q_draws: dict[str, np.ndarray] = {}
+    q_truth: dict[str, np.ndarray] = {}
+    for t in targets:
+        q_draws.update(_flatten_site(t, np.concatenate(draws[t]), 3))
+        q_truth.update(_flatten_site(t, np.asarray(truth_values[t]), 1))
+    names = list(q_draws)
+    stacked = np.stack([q_draws[n] for n in names], axis=-1)  # (S, C, N, Q)
+    min_ess = np.empty(num_simulations)
+    thin = np.empty(num_simulations, int)
+    for s in range(num_simulations):
+        ess = np.asarray(effective_sample_size(stacked[s].astype(np.float64)))
+        ess = np.where(np.isfinite(ess), ess, 1.0)
+        min_ess[s] = max(float(ess.min()), 1.0)
+        thin[s] = max(1, math.ceil(num_chains * num_samples / min_ess[s]))
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(key_jitter)).ravel())
+    ranks, pit, num_draws = {}, {}, np.empty(num_simulations, int)
+    for n in names:
+        r = np.empty(num_simulations, int)
+        for s in range(num_simulations):
+            kept = q_draws[n][s][:, :: thin[s]].ravel()
+            num_draws[s] = kept.size
+            r[s] = int(np.sum(kept < q_truth[n][s]))
+        ranks[n] = r
+        pit[n] = (r + rng.uniform(size=num_simulations)) / (num_draws + 1)
+    if np.median(num_draws) < 20:
+        warnings.warn(
+            f"sbc: the median number of nearly independent draws is {np.median(num_draws):.0f}; "
+            "ranks are coarse, increase num_samples",
+            stacklevel=2,
+        )
+    p_ks, p_chi2 = {}, {}
+    for n in names:
+        p_ks[n], p_chi2[n] = _uniformity_pvalues(pit[n], bins)
+    chosen = p_ks if test == "ks" else p_chi2
+    adj = holm([chosen[n] for n in names])
+    return SBCResult(
+        quantities=names,
+        ranks=ranks,
+        num_draws=num_draws,
+        pit=pit,
+        truths=q_truth,
+        pvalues=chosen,
+        pvalues_ks=p_ks,
+        pvalues_chi2=p_chi2,
+        adjusted=dict(zip(names, map(float, adj), strict=True)),
+        alpha=float(alpha),
+        test=test,
+        bins=bins,
+        min_ess=min_ess,
+        seconds=seconds,
+    )

@@ -1,0 +1,323 @@
+"""Empirical coverage of posterior credible regions from samples and true values.
+
+Plain arrays in: ``samples`` of shape ``(S, N, ...)`` (``N`` posterior draws for each of
+``S`` simulated data sets) and ``truths`` of shape ``(S, ...)``. Out: a table (pandas
+DataFrame) of empirical against nominal coverage with exact binomial intervals and
+tests, and a calibration-curve figure (:func:`plot_coverage`).
+
+- :func:`central_coverage`: equal-tailed intervals, one row per scalar and level.
+- :func:`hdr_coverage`: highest-density regions of the joint posterior (exact when the
+  log density is supplied, else a Gaussian kernel density estimate).
+- :func:`tarp`: the distance-to-random-point test of Lemos et al. 2023 (arXiv
+  2302.03026), a necessary and sufficient coverage check for multivariate targets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from scipy import stats
+
+from .calibration import holm
+
+__all__ = ["TARPResult", "central_coverage", "hdr_coverage", "plot_coverage", "tarp"]
+
+DEFAULT_LEVELS = (0.5, 0.8, 0.9, 0.95)
+
+
+def _arrays(samples, truths) -> tuple[np.ndarray, np.ndarray]:
+    s = np.asarray(samples, float)
+    t = np.asarray(truths, float)
+    if s.ndim < 2:
+        raise ValueError(f"samples: expected shape (S, N, ...); got shape {s.shape}")
+    if t.shape != (s.shape[0], *s.shape[2:]):
+        raise ValueError(
+            f"truths: expected shape {(s.shape[0], *s.shape[2:])} to match samples "
+            f"{s.shape}; got shape {t.shape}"
+        )
+    return s, t
+
+
+def _levels(levels) -> np.ndarray:
+    lv = np.atleast_1d(np.asarray(levels, float))
+    if lv.ndim != 1 or np.any((lv <= 0) | (lv >= 1)):
+        raise ValueError(f"levels: expected numbers in (0, 1); got {levels!r}")
+    return lv
+
+
+def _table(rows, alpha):
+    """Add exact binomial interval, two-sided test, Holm-adjusted flag."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows, columns=["quantity", "level", "hits", "n"])
+    k, n, lv = df["hits"].to_numpy(), df["n"].to_numpy(), df["level"].to_numpy()
+    df["coverage"] = k / n
+    ci = [stats.binomtest(int(a), int(b)).proportion_ci(0.95) for a, b in zip(k, n, strict=True)]
+    df["lower"] = [c.low for c in ci]
+    df["upper"] = [c.high for c in ci]
+    df["pvalue"] = [
+        stats.binomtest(int(a), int(b), p).pvalue for a, b, p in zip(k, n, lv, strict=True)
+    ]
+    df["flagged"] = holm(df["pvalue"].to_numpy()) < alpha
+    df.attrs["alpha"] = alpha
+    return df
+
+
+def central_coverage(samples, truths, levels=DEFAULT_LEVELS, *, alpha: float = 0.01):
+    """Coverage of central (equal-tailed) credible intervals, per scalar quantity.
+
+    The level-:math:`\\ell` interval is between the :math:`(1-\\ell)/2` and
+    :math:`(1+\\ell)/2` sample quantiles of each simulation's draws.
+
+    Args:
+        samples: ``(S, N, ...)`` posterior draws.
+        truths: ``(S, ...)`` true values.
+        levels: nominal levels in (0, 1).
+        alpha: family-wise level (Holm) of the ``flagged`` column.
+
+    Returns:
+        DataFrame with columns ``quantity, level, hits, n, coverage, lower, upper, pvalue,
+        flagged`` (``lower``/``upper``: 95% Clopper-Pearson interval of the coverage;
+        ``pvalue``: exact binomial test of coverage = level).
+
+    Raises:
+        ValueError: on mismatched shapes or levels outside (0, 1).
+    """
+    s, t = _arrays(samples, truths)
+    lv = _levels(levels)
+    S, N = s.shape[:2]
+    s = s.reshape(S, N, -1)
+    t = t.reshape(S, -1)
+    event = np.asarray(truths).shape[1:]
+    names = [f"[{','.join(map(str, i))}]" for i in np.ndindex(*event)] if event else ["value"]
+    rows = []
+    for level in lv:
+        lo = np.quantile(s, (1 - level) / 2, axis=1)
+        hi = np.quantile(s, (1 + level) / 2, axis=1)
+        inside = (t >= lo) & (t <= hi)
+        for j, name in enumerate(names):
+            rows.append((name, float(level), int(inside[:, j].sum()), S))
+    return _table(rows, alpha)
+
+
+def _kde_logpdf(points: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """Gaussian KDE (Scott bandwidth, sample covariance) of ``points`` (N, d) at ``query``.
+
+    Same estimator as :class:`scipy.stats.gaussian_kde`, vectorised for small N.
+    """
+    n, d = points.shape
+    cov = np.atleast_2d(np.cov(points, rowvar=False)) * n ** (-2.0 / (d + 4))
+    chol = np.linalg.cholesky(cov + 1e-12 * np.trace(cov) / d * np.eye(d))
+    white = np.linalg.solve(chol, (query[:, None, :] - points[None, :, :]).reshape(-1, d).T)
+    sq = np.sum(white**2, axis=0).reshape(query.shape[0], n)
+    log_norm = 0.5 * d * np.log(2 * np.pi) + np.sum(np.log(np.diag(chol))) + np.log(n)
+    m = np.min(sq, axis=1, keepdims=True)
+    return -0.5 * m[:, 0] + np.log(np.sum(np.exp(-0.5 * (sq - m)), axis=1)) - log_norm
+
+
+def hdr_coverage(
+    samples,
+    truths,
+    levels=DEFAULT_LEVELS,
+    *,
+    log_density_samples=None,
+    log_density_truths=None,
+    alpha: float = 0.01,
+):
+    """Coverage of highest-density regions (HDR) of the joint posterior.
+
+    The truth lies in the level-:math:`\\ell` HDR when its posterior density exceeds the
+    :math:`(1-\\ell)` quantile of the density at the posterior draws. Pass the exact
+    log densities (for example from ``flow.log_prob`` or a conjugate posterior) for an
+    exact check; otherwise a Gaussian KDE of each simulation's draws is used, whose
+    smoothing slightly inflates the regions (a few percent for ~1000 draws in low
+    dimension).
+
+    Args:
+        samples: ``(S, N, ...)`` posterior draws (event dims are treated jointly).
+        truths: ``(S, ...)`` true values.
+        levels: nominal levels in (0, 1).
+        log_density_samples: optional ``(S, N)`` posterior log density at the draws.
+        log_density_truths: optional ``(S,)`` posterior log density at the truths.
+        alpha: family-wise level (Holm) of the ``flagged`` column.
+
+    Returns:
+        DataFrame as :func:`central_coverage`, one row per level (quantity ``"joint"``).
+
+    Raises:
+        ValueError: on mismatched shapes, or only one of the two log-density arrays.
+    """
+    s, t = _arrays(samples, truths)
+    lv = _levels(levels)
+    S, N = s.shape[:2]
+    if (log_density_samples is None) != (log_density_truths is None):
+        raise ValueError(
+            "log_density_samples/log_density_truths: expected both or neither; got one"
+        )
+    if log_density_samples is None:
+        s2 = s.reshape(S, N, -1)
+        t2 = t.reshape(S, -1)
+        lp_s = np.empty((S, N))
+        lp_t = np.empty(S)
+        for i in range(S):
+            vals = _kde_logpdf(s2[i], np.concatenate([s2[i], t2[i][None]]))
+            lp_s[i], lp_t[i] = vals[:-1], vals[-1]
+    else:
+        lp_s = np.asarray(log_density_samples, float)
+        lp_t = np.asarray(log_density_truths, float)
+        if lp_s.shape != (S, N) or lp_t.shape != (S,):
+            raise ValueError(
+                f"log_density_samples/log_density_truths: expected shapes {(S, N)} and {(S,)}; "
+                f"got {lp_s.shape} and {lp_t.shape}"
+            )
+    rows = []
+    for level in lv:
+        thresh = np.quantile(lp_s, 1 - level, axis=1)
+        rows.append(("joint", float(level), int(np.sum(lp_t >= thresh)), S))
+    return _table(rows, alpha)
+
+
+def plot_coverage(table, ax=None, title: str | None = None):
+    """Calibration curve: empirical against nominal coverage with 95% intervals.
+
+    Args:
+        table: output of :func:`central_coverage` or :func:`hdr_coverage`.
+        ax: optional matplotlib Axes.
+        title: optional title.
+
+    Returns:
+        The matplotlib Figure.
+    """
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(4, 4))
+    else:
+        fig = ax.figure
+    ax.plot([0, 1], [0, 1], color="0.5", lw=0.8, ls="--", label="nominal")
+    for name, grp in table.groupby("quantity", sort=False):
+        x = grp["level"].to_numpy()
+        y = grp["coverage"].to_numpy()
+        err = np.stack([y - grp["lower"].to_numpy(), grp["upper"].to_numpy() - y])
+        ax.errorbar(x, y, yerr=err, marker="o", ms=3, capsize=2, label=str(name))
+    ax.set_xlabel("nominal coverage")
+    ax.set_ylabel("empirical coverage")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7)
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+@dataclasses.dataclass
+class TARPResult:
+    """Outcome of :func:`tarp`.
+
+    Attributes:
+        alpha_grid: credibility levels :math:`\\alpha` in [0, 1].
+        ecp: expected coverage probability at each level (the diagonal when calibrated).
+        f: ``(S,)`` per-simulation fraction of draws closer to the reference than the
+            truth (randomised; uniform on (0, 1) under calibration).
+        pvalue: KS test of ``f`` against the uniform distribution.
+        atc: signed area between the ECP curve and the diagonal (> 0: under-confident,
+            < 0: over-confident).
+        significance: level of the ``passed`` verdict.
+    """
+
+    alpha_grid: np.ndarray
+    ecp: np.ndarray
+    f: np.ndarray
+    pvalue: float
+    atc: float
+    significance: float
+
+    @property
+    def passed(self) -> bool:
+        """True when uniformity of ``f`` is not rejected at ``significance``."""
+        return self.pvalue >= self.significance
+
+    def plot(self, ax=None):
+        """ECP against credibility level with a 95% pointwise binomial band.
+
+        Returns:
+            The matplotlib Figure.
+        """
+        import matplotlib.pyplot as plt
+
+        if ax is None:
+            fig, ax = plt.subplots(figsize=(4, 4))
+        else:
+            fig = ax.figure
+        n = self.f.size
+        lo = stats.binom.ppf(0.025, n, self.alpha_grid) / n
+        hi = stats.binom.ppf(0.975, n, self.alpha_grid) / n
+        ax.fill_between(self.alpha_grid, lo, hi, color="0.85", label="95% band")
+        ax.plot([0, 1], [0, 1], color="0.5", lw=0.8, ls="--")
+        ax.plot(self.alpha_grid, self.ecp, color="C0", label="TARP ECP")
+        ax.set_xlabel("credibility level")
+        ax.set_ylabel("expected coverage")
+        ax.set_title(f"TARP: p = {self.pvalue:.3g}", fontsize=9)
+        ax.legend(fontsize=7)
+        return fig
+
+
+def tarp(
+    samples,
+    truths,
+    *,
+    references=None,
+    seed: int = 0,
+    num_levels: int = 101,
+    significance: float = 0.01,
+) -> TARPResult:
+    """TARP coverage test for multivariate posteriors (Lemos et al. 2023).
+
+    For simulation :math:`i` with a reference point :math:`r_i` drawn independently of
+    the truth, :math:`f_i` is the fraction of posterior draws closer to :math:`r_i` than
+    the truth :math:`\\theta^\\star_i` is (Euclidean distance after standardising each
+    coordinate by the truths' mean and standard deviation). Under calibration the
+    truth is exchangeable with the draws, so :math:`f_i` is uniform and the expected
+    coverage :math:`\\mathrm{ECP}(\\alpha) = \\Pr(f < \\alpha)` is the diagonal.
+
+    Args:
+        samples: ``(S, N, ...)`` posterior draws.
+        truths: ``(S, ...)`` true values.
+        references: optional ``(S, ...)`` reference points (original units); default:
+            uniform in the bounding box of the standardised truths.
+        seed: NumPy seed for references and the tie-breaking jitter.
+        num_levels: number of credibility levels on [0, 1].
+        significance: level of :attr:`TARPResult.passed`.
+
+    Returns:
+        A :class:`TARPResult`.
+
+    Raises:
+        ValueError: on mismatched shapes.
+    """
+    s, t = _arrays(samples, truths)
+    S, N = s.shape[:2]
+    s = s.reshape(S, N, -1)
+    t = t.reshape(S, -1)
+    mean, sd = t.mean(0), t.std(0)
+    sd = np.where(sd > 0, sd, 1.0)
+    s = (s - mean) / sd
+    t = (t - mean) / sd
+    rng = np.random.default_rng(seed)
+    if references is None:
+        r = rng.uniform(t.min(0), t.max(0), size=t.shape)
+    else:
+        r = np.asarray(references, float).reshape(S, -1)
+        if r.shape != t.shape:
+            raise ValueError(f"references: expected shape {t.shape} (flattened); got {r.shape}")
+        r = (r - mean) / sd
+    d_draws = np.linalg.norm(s - r[:, None, :], axis=-1)
+    d_truth = np.linalg.norm(t - r, axis=-1)
+    count = np.sum(d_draws < d_truth[:, None], axis=1)
+    f = (count + rng.uniform(size=S)) / (N + 1)
+    grid = np.linspace(0, 1, num_levels)
+    ecp = np.mean(f[None, :] < grid[:, None], axis=1)
+    atc = float(np.trapezoid(ecp - grid, grid))
+    pvalue = float(stats.kstest(f, "uniform").pvalue)
+    return TARPResult(grid, ecp, f, pvalue, atc, float(significance))
