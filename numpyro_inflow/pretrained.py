@@ -1,0 +1,120 @@
+r"""Pretrained flows shipped inside the package: ``nif.pretrained("digits")``.
+
+The flows live in ``numpyro_inflow/pretrained/<name>/`` as saved by
+:func:`~numpyro_inflow.save_flow` (``config.json`` and ``weights.eqx``), so they load
+offline with one call and are checked against their recorded SHA-256.
+
+=========  ==============================================================
+name       flow
+=========  ==============================================================
+``digits`` sklearn's 8x8 digits in :math:`[-1, 1]` (64-D), PR-reducing with
+           ``k = 16`` kept directions (constant inflation gap 1), residual
+           MLP (width 256, depth 2) in eigen coordinates, 4,000 steps of 256
+=========  ==============================================================
+
+Training data and split: ``nif.datasets.load("digits", seed=0)``; the first 1,500
+images trained the flow (90 % for the weights, 10 % for the validation loss), the
+last 297 (``[1500:]``) are held out. Its quality numbers (energy distance to the
+held-out digits, classifier confidence, round-trip error) are in
+``docs/benchmarks.md`` ("Digits prior") and in the ``metadata`` of its
+``config.json`` (:func:`~numpyro_inflow.read_config`). The flow is reproduced
+(bit for bit on the same machine and library versions) by::
+
+    python benchmarks/train_digits.py --ship prr16
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .flow import InflationaryFlow
+from .persistence import load_flow
+
+__all__ = ["available", "pretrained", "pretrained_path"]
+
+_ROOT = Path(__file__).with_name("pretrained")
+
+#: name -> (directory under ``numpyro_inflow/pretrained/``, one-line description).
+_REGISTRY: dict[str, tuple[str, str]] = {
+    "digits": (
+        "digits",
+        "8x8 digits in [-1, 1] (64-D), PR-reducing, k=16 latent; "
+        "reproduce: python benchmarks/train_digits.py --ship prr16",
+    ),
+}
+
+#: Name loaded by :func:`pretrained` when none is given.
+DEFAULT = "digits"
+
+
+def available() -> dict[str, str]:
+    """Names of the shipped flows, each with a one-line description.
+
+    Example:
+        >>> import numpyro_inflow as nif
+        >>> "digits" in nif.pretrained.available()
+        True
+    """
+    return {name: desc for name, (_, desc) in _REGISTRY.items()}
+
+
+def _check_name(name) -> str:
+    if not isinstance(name, str) or name not in _REGISTRY:
+        listing = "; ".join(f"{n!r} ({d})" for n, d in available().items())
+        raise ValueError(f"name: expected one of the shipped flows: {listing}; got {name!r}")
+    return name
+
+
+def pretrained_path(name: str = DEFAULT) -> Path:
+    """The directory of a shipped flow (readable with :func:`~numpyro_inflow.read_config`).
+
+    Args:
+        name: a key of :func:`available`.
+
+    Returns:
+        The directory, a :class:`~pathlib.Path` inside the installed package.
+
+    Raises:
+        ValueError: for an unknown name (the message lists the available ones) or a
+            missing directory (an incomplete installation).
+    """
+    path = _ROOT / _REGISTRY[_check_name(name)][0]
+    if not (path / "config.json").is_file():
+        raise ValueError(
+            f"name: the shipped flow {name!r} is missing from {str(path)!r}; the installation "
+            "is incomplete (reinstall numpyro_inflow, or regenerate it with "
+            "`python benchmarks/train_digits.py --ship prr16`)"
+        )
+    return path
+
+
+def pretrained(name: str = DEFAULT, **changes) -> InflationaryFlow:
+    """Load a flow shipped with the package.
+
+    Args:
+        name: a key of :func:`available` (``nif.pretrained.available()``); default
+            ``"digits"``.
+        **changes: constructor arguments to change on the loaded flow, passed to
+            :meth:`~numpyro_inflow.InflationaryFlow.replace` (for example a cheap
+            fixed-step solver: ``solver=nif.ExponentialMultistep(), dt0=flow.t_end / 40``).
+
+    Returns:
+        The :class:`~numpyro_inflow.InflationaryFlow` (as saved: adaptive Tsit5 with
+        ``rtol = atol = 1e-5`` unless ``changes`` say otherwise).
+
+    Raises:
+        ValueError: for an unknown name (the message lists the available ones), a
+            missing or corrupt directory, or an unknown change.
+
+    Example:
+        >>> import numpyro_inflow as nif
+        >>> flow = nif.pretrained("digits")
+        >>> flow.dim, flow.latent_dim
+        (64, 16)
+    """
+    flow = load_flow(pretrained_path(name))
+    return flow.replace(**changes) if changes else flow
+
+
+pretrained.available = available  # nif.pretrained.available()
+pretrained.path = pretrained_path  # nif.pretrained.path("digits")
