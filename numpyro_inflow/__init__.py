@@ -3,24 +3,95 @@
 An inflationary flow (de Albuquerque & Pearson, NeurIPS 2024) is a diffusion model's
 probability-flow ODE with a noise schedule that makes it an invertible map from data
 to a small standard-normal latent. This package builds such flows (from exact oracles
-or learned denoisers), and exposes them to NumPyro.
+or learned denoisers), exposes them to NumPyro as a transform, a distribution and a
+reparameterizer, samples posteriors in the latent space, and checks calibration.
+
+The layers, each importing only those above it in this list:
+
+- schedule, scores, flow, solvers: the engine (eigenbasis, denoisers, pfODE);
+- nets, denoiser, train, persistence, datasets, pretrained: learning and keeping flows;
+- numpyro, observations: the NumPyro objects and inverse-problem likelihoods;
+- kernels, calibration, coverage, diagnostics: inference and its checks.
 
 >>> import numpyro_inflow as nif
+>>> nif.InflationaryFlow.__name__
+'InflationaryFlow'
 """
 
+from . import datasets
 from ._version import __version__
-from .flow import InflationaryFlow, PFODEField, SolveInfo
+
+# Engine
 from .schedule import InflationSchedule, participation_ratio
 from .scores import AbstractScore, EmpiricalScore, GaussianMixtureScore
+from .flow import InflationaryFlow, PFODEField, SolveInfo
+from .solvers import ExponentialEuler, ExponentialMidpoint, ExponentialMultistep
+
+# Learning and keeping flows
+from .train import LearnedDenoiser, TrainingHistory, fit
+from .persistence import load_flow, read_config, save_flow
+from .pretrained import pretrained
+
+# NumPyro
+from .numpyro import (
+    InflationaryFlowDistribution,
+    InflationaryFlowTransform,
+    LatentReparam,
+    ReducedLatentTransform,
+    SolveFailureCounter,
+)
+from .observations import LinearGaussianObservation, NonlinearGaussianObservation, inverse_problem
+
+# Inference and calibration
+from .kernels import MALA, ULA, LangevinState
+from .calibration import SBCResult, sbc
+from .coverage import TARPResult, central_coverage, hdr_coverage, plot_coverage, tarp
+from .diagnostics import Diagnosis, DiagnosticWarning, diagnose
 
 __all__ = [
+    # engine
     "AbstractScore",
     "EmpiricalScore",
+    "ExponentialEuler",
+    "ExponentialMidpoint",
+    "ExponentialMultistep",
     "GaussianMixtureScore",
     "InflationSchedule",
     "InflationaryFlow",
     "PFODEField",
     "SolveInfo",
-    "__version__",
     "participation_ratio",
+    # learning and keeping flows
+    "LearnedDenoiser",
+    "TrainingHistory",
+    "datasets",
+    "fit",
+    "load_flow",
+    "pretrained",
+    "read_config",
+    "save_flow",
+    # NumPyro
+    "InflationaryFlowDistribution",
+    "InflationaryFlowTransform",
+    "LatentReparam",
+    "LinearGaussianObservation",
+    "NonlinearGaussianObservation",
+    "ReducedLatentTransform",
+    "SolveFailureCounter",
+    "inverse_problem",
+    # inference and calibration
+    "MALA",
+    "ULA",
+    "Diagnosis",
+    "DiagnosticWarning",
+    "LangevinState",
+    "SBCResult",
+    "TARPResult",
+    "central_coverage",
+    "diagnose",
+    "hdr_coverage",
+    "plot_coverage",
+    "sbc",
+    "tarp",
+    "__version__",
 ]

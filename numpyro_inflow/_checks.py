@@ -39,10 +39,16 @@ def as_float_array(x, name: str, *, min_ndim: int = 0, dtype=None) -> jax.Array:
 
 
 def check_finite(x, name: str) -> None:
-    """Raise if a concrete array holds NaN or infinity."""
-    if is_concrete(x) and not bool(jnp.all(jnp.isfinite(x))):
-        bad = int(jnp.sum(~jnp.isfinite(x)))
-        raise ValueError(f"{name}: expected finite values; got {bad} NaN/inf entries")
+    """Raise if a concrete array holds NaN or infinity.
+
+    The check runs in NumPy, so it also works on a concrete array that reaches us
+    while an outer function is being traced (a closed-over observation, say).
+    """
+    if not is_concrete(x):
+        return
+    finite = np.isfinite(np.asarray(x))
+    if not finite.all():
+        raise ValueError(f"{name}: expected finite values; got {int((~finite).sum())} NaN/inf entries")
 
 
 def check_event_dim(x, name: str, dim: int) -> None:
