@@ -12,17 +12,20 @@ of the gap closed, round-trip RMSE <= 1e-2 for PR-preserving flows.
 
 Usage::
 
-    python benchmarks/train_toys.py            # full run (about 20 minutes on 2 cores)
+    python benchmarks/train_toys.py            # full run (12-20 minutes on 2 shared cores)
     python benchmarks/train_toys.py --quick    # smoke run (tiny network, few steps)
 
 Results go to ``benchmarks/results/train_toys.json`` and ``train_toys_<case>.png``
-(``train_toys_quick.*`` with ``--quick``).
+(``train_toys_quick.*`` with ``--quick``). The trained flows are saved with
+``flow.save`` under ``benchmarks/results/flows/<case>/`` (``flows_<tag>`` with
+``--tag``; ``--flows-dir`` to choose; not with ``--quick`` unless asked) so that ``examples/coverage_toy.py --flows`` can reuse them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -102,7 +105,7 @@ def trajectories(flow, x: np.ndarray, n_times: int = 60) -> np.ndarray:
     return np.asarray(jax.jit(jax.vmap(one))(jnp.asarray(x))).transpose(1, 0, 2)
 
 
-def run_case(name: str, spec: dict, args) -> tuple[dict, dict]:
+def run_case(name: str, spec: dict, args) -> tuple[dict, dict, object]:
     x_train = load(spec["data"], args.n_train, seed=1)
     x_test = load(spec["data"], args.n_eval, seed=2)
     x_ref = load(spec["data"], args.n_eval, seed=3)
@@ -170,7 +173,7 @@ def run_case(name: str, spec: dict, args) -> tuple[dict, dict]:
         val_step=np.asarray(hist.val_step),
         val_loss=np.asarray(hist.val_loss),
     )
-    return row, arrays
+    return row, arrays, flow
 
 
 def plot_case(row: dict, arr: dict, path: Path) -> None:
@@ -218,10 +221,19 @@ def main(argv=None) -> int:
     p.add_argument("--inflation-gap", type=float, default=None, help="for PR-reducing cases")
     p.add_argument("--progress", action="store_true", help="show fit's progress bar")
     p.add_argument("--tag", default=None, help="suffix of the result files")
+    p.add_argument(
+        "--flows-dir",
+        default=None,
+        help="save each trained flow to DIR/<case>/ (default: results/flows[_TAG]; "
+        "none with --quick)",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.n_train, args.n_eval, args.n_roundtrip = 2000, 300, 50
     tag = args.tag or ("quick" if args.quick else None)
+    # A tagged run never overwrites the default flows that coverage_toy.py reuses.
+    default_flows = None if args.quick else RESULTS / ("flows" + (f"_{tag}" if tag else ""))
+    flows_dir = args.flows_dir or default_flows
     stem = "train_toys" + (f"_{tag}" if tag else "")
     RESULTS.mkdir(parents=True, exist_ok=True)
 
@@ -232,7 +244,11 @@ def main(argv=None) -> int:
     )
     print(header)
     for name in args.cases:
-        row, arr = run_case(name, CASES[name], args)
+        row, arr, flow = run_case(name, CASES[name], args)
+        if flows_dir is not None:
+            Path(flows_dir).mkdir(parents=True, exist_ok=True)
+            flow.save(Path(flows_dir) / name, overwrite=True)
+            row["flow_dir"] = os.path.relpath(Path(flows_dir) / name, RESULTS.parent.parent)
         rows.append(row)
         plot_case(row, arr, RESULTS / f"{stem}_{name}.png")
         print(

@@ -48,7 +48,9 @@ def check_finite(x, name: str) -> None:
         return
     finite = np.isfinite(np.asarray(x))
     if not finite.all():
-        raise ValueError(f"{name}: expected finite values; got {int((~finite).sum())} NaN/inf entries")
+        raise ValueError(
+            f"{name}: expected finite values; got {int((~finite).sum())} NaN/inf entries"
+        )
 
 
 def check_event_dim(x, name: str, dim: int) -> None:

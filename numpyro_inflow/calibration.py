@@ -1,11 +1,11 @@
 """Simulation-based calibration (SBC) for any NumPyro model.
 
 SBC (Talts et al. 2018, arXiv 1804.06788) checks a whole inference pipeline: draw
-:math:`\\theta^\\star \\sim p(\\theta)` and :math:`y \\sim p(y | \\theta^\\star)`, fit
-:math:`p(\\theta | y)` with the sampler under test, and record the rank of
-:math:`\\theta^\\star` among (nearly independent) posterior draws. If the sampler is
+$\\theta^\\star \\sim p(\\theta)$ and $y \\sim p(y | \\theta^\\star)$, fit
+$p(\\theta | y)$ with the sampler under test, and record the rank of
+$\\theta^\\star$ among (nearly independent) posterior draws. If the sampler is
 exact, every rank is uniform, for every latent and every derived quantity
-:math:`f(\\theta)`. Departures show their shape in rank histograms and PIT-ECDF plots:
+$f(\\theta)$. Departures show their shape in rank histograms and PIT-ECDF plots:
 a U shape means over-confident (too narrow) posteriors, a hump under-confident ones, a
 slope a bias.
 
@@ -293,7 +293,7 @@ def sbc(
     model works unchanged.
 
     Thinning: per simulation, all chains are pooled and thinned by
-    :math:`k = \\lceil C N / \\widehat{\\mathrm{ESS}}_{\\min} \\rceil` (bulk ESS over
+    $k = \\lceil C N / \\widehat{\\mathrm{ESS}}_{\\min} \\rceil$ (bulk ESS over
     all quantities, NumPyro's estimator), so the ranks are over nearly independent
     draws. Ranks become randomised PIT values ``(rank + U) / (L + 1)``, uniform under
     calibration whatever ``L``. Each quantity gets a KS (default) or chi-square test;

@@ -152,10 +152,11 @@ def _build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser(
         "demo",
-        help="run the exact-oracle demo (python -m numpyro_inflow.demo)",
-        description="Run the end-to-end demo on an exact Gaussian-mixture flow; arguments "
-        "after 'demo' go to the demo (see 'inflow demo --help').",
-        epilog="example:\n  inflow demo --out inflow-demo --quiet",
+        help="run the end-to-end demo (python -m numpyro_inflow.demo)",
+        description="Run the end-to-end demo on an exact Gaussian-mixture flow, or with "
+        "--digits the digits inpainting demo; arguments after 'demo' go to the demo "
+        "(see 'inflow demo --help' and 'inflow demo --digits --help').",
+        epilog="examples:\n  inflow demo --out inflow-demo --quiet\n  inflow demo --digits --quick",
         formatter_class=fmt,
         add_help=False,
     )

@@ -67,8 +67,8 @@ def _table(rows, alpha):
 def central_coverage(samples, truths, levels=DEFAULT_LEVELS, *, alpha: float = 0.01):
     """Coverage of central (equal-tailed) credible intervals, per scalar quantity.
 
-    The level-:math:`\\ell` interval is between the :math:`(1-\\ell)/2` and
-    :math:`(1+\\ell)/2` sample quantiles of each simulation's draws.
+    The level-$\\ell$ interval is between the $(1-\\ell)/2$ and
+    $(1+\\ell)/2$ sample quantiles of each simulation's draws.
 
     Args:
         samples: ``(S, N, ...)`` posterior draws.
@@ -127,8 +127,8 @@ def hdr_coverage(
 ):
     """Coverage of highest-density regions (HDR) of the joint posterior.
 
-    The truth lies in the level-:math:`\\ell` HDR when its posterior density exceeds the
-    :math:`(1-\\ell)` quantile of the density at the posterior draws. Pass the exact
+    The truth lies in the level-$\\ell$ HDR when its posterior density exceeds the
+    $(1-\\ell)$ quantile of the density at the posterior draws. Pass the exact
     log densities (for example from ``flow.log_prob`` or a conjugate posterior) for an
     exact check; otherwise a Gaussian KDE of each simulation's draws is used, whose
     smoothing slightly inflates the regions (a few percent for ~1000 draws in low
@@ -216,7 +216,7 @@ class TARPResult:
     """Outcome of :func:`tarp`.
 
     Attributes:
-        alpha_grid: credibility levels :math:`\\alpha` in [0, 1].
+        alpha_grid: credibility levels $\\alpha$ in [0, 1].
         ecp: expected coverage probability at each level (the diagonal when calibrated).
         f: ``(S,)`` per-simulation fraction of draws closer to the reference than the
             truth (randomised; uniform on (0, 1) under calibration).
@@ -274,12 +274,12 @@ def tarp(
 ) -> TARPResult:
     """TARP coverage test for multivariate posteriors (Lemos et al. 2023).
 
-    For simulation :math:`i` with a reference point :math:`r_i` drawn independently of
-    the truth, :math:`f_i` is the fraction of posterior draws closer to :math:`r_i` than
-    the truth :math:`\\theta^\\star_i` is (Euclidean distance after standardising each
+    For simulation $i$ with a reference point $r_i$ drawn independently of
+    the truth, $f_i$ is the fraction of posterior draws closer to $r_i$ than
+    the truth $\\theta^\\star_i$ is (Euclidean distance after standardising each
     coordinate by the truths' mean and standard deviation). Under calibration the
-    truth is exchangeable with the draws, so :math:`f_i` is uniform and the expected
-    coverage :math:`\\mathrm{ECP}(\\alpha) = \\Pr(f < \\alpha)` is the diagonal.
+    truth is exchangeable with the draws, so $f_i$ is uniform and the expected
+    coverage $\\mathrm{ECP}(\\alpha) = \\Pr(f < \\alpha)$ is the diagonal.
 
     Args:
         samples: ``(S, N, ...)`` posterior draws.

@@ -7,13 +7,13 @@ name           D    recipe (de Albuquerque & Pearson 2024, appendix C)
 =============  ===  ==========================================================
 ``circles``    2    ``make_circles(n, factor=0.5, noise=0.08)``, z-scored
 ``moons``      2    ``make_moons(n, noise=0.08)``, z-scored
-``sine``       2    :math:`x \sim U(-1, 1)`, :math:`y = \sin(4\pi x)/4 + N(0, 0.15^2)`,
+``sine``       2    $x \sim U(-1, 1)$, $y = \sin(4\pi x)/4 + N(0, 0.15^2)$,
                     z-scored (the paper's "sine2")
 ``s_curve``    3    ``make_s_curve(n, noise=0.2)``, z-scored
 ``swirl``      3    ``make_swiss_roll(n, noise=1.25)``, z-scored
 ``digits``     64   sklearn's bundled 8x8 digits (1,797 images, no download),
                     pixels mapped from ``0..16`` to ``[-1, 1]`` by
-                    :math:`p/8 - 1`
+                    $p/8 - 1$
 =============  ===  ==========================================================
 
 "z-scored" means each column is standardised with the drawn sample's own mean and

@@ -1,23 +1,24 @@
 r"""Learned denoisers: EDM-style preconditioning per eigen-direction, and the DSM loss.
 
-In eigen coordinates, with data variance :math:`\lambda_i` and noise variance
-:math:`\gamma_i(t)` per direction (the generalisation of EDM by de Albuquerque &
+In eigen coordinates, with data variance $\lambda_i$ and noise variance
+$\gamma_i(t)$ per direction (the generalisation of EDM by de Albuquerque &
 Pearson 2024, section 3 and appendix B; DESIGN.md §2):
 
-.. math::
-    c_{in} = \frac{1}{\sqrt{\lambda + \gamma}},\quad
-    c_{skip} = \frac{\lambda}{\lambda + \gamma},\quad
-    c_{out} = \sqrt{\frac{\lambda\gamma}{\lambda + \gamma}},\quad
-    D(w, t) = c_{skip}\, w + c_{out}\, F_\theta(c_{in} w, c_{noise}(t)).
+$$
+c_{in} = \frac{1}{\sqrt{\lambda + \gamma}},\quad
+c_{skip} = \frac{\lambda}{\lambda + \gamma},\quad
+c_{out} = \sqrt{\frac{\lambda\gamma}{\lambda + \gamma}},\quad
+D(w, t) = c_{skip}\, w + c_{out}\, F_\theta(c_{in} w, c_{noise}(t)).
+$$
 
-:math:`c_{skip} w` is the Wiener filter (the exact denoiser of Gaussian data) and
-:math:`c_{out}^2` its posterior variance, so the network's target
-:math:`(u_0 - c_{skip} w)/c_{out}` has unit variance at every noise level, and for
-Gaussian data the optimum is :math:`F = 0` with a loss of exactly 1 per direction.
+$c_{skip} w$ is the Wiener filter (the exact denoiser of Gaussian data) and
+$c_{out}^2$ its posterior variance, so the network's target
+$(u_0 - c_{skip} w)/c_{out}$ has unit variance at every noise level, and for
+Gaussian data the optimum is $F = 0$ with a loss of exactly 1 per direction.
 
-Noise label: :math:`c_{noise} = t / T_{ref}` (``T_ref`` is the schedule's end time at
+Noise label: $c_{noise} = t / T_{ref}$ (``T_ref`` is the schedule's end time at
 construction), an affine map of ``t`` onto ``[0, 1]``. Because
-:math:`\log\sigma_i(t) = \tfrac12\log\gamma_{0} + \tfrac12 r_i t` is itself affine in
+$\log\sigma_i(t) = \tfrac12\log\gamma_{0} + \tfrac12 r_i t$ is itself affine in
 ``t``, this is also an affine function of every direction's log noise level: the
 "c_noise proportional to log sigma" choice, normalised to the unit interval so the
 fixed-frequency embedding of :mod:`numpyro_inflow.nets` resolves it smoothly. The
@@ -54,7 +55,7 @@ def preconditioning(schedule: InflationSchedule, t, t_ref: float | None = None):
     r"""EDM coefficients per eigen-direction at time ``t``.
 
     Args:
-        schedule: the inflation schedule (gives :math:`\lambda` and :math:`\gamma(t)`).
+        schedule: the inflation schedule (gives $\lambda$ and $\gamma(t)$).
         t: time, a scalar (``vmap`` for batches).
         t_ref: the time mapped to ``c_noise = 1`` (default: ``schedule.t_end``).
 
@@ -76,7 +77,7 @@ def preconditioning(schedule: InflationSchedule, t, t_ref: float | None = None):
 def denoising_loss_terms(
     score: AbstractScore, schedule: InflationSchedule, u0: jax.Array, t: jax.Array, eps: jax.Array
 ) -> jax.Array:
-    r"""Per-example denoising loss :math:`\sum_i ((D_i(u_0 + n, t) - u_{0i})/c_{out,i})^2`.
+    r"""Per-example denoising loss $\sum_i ((D_i(u_0 + n, t) - u_{0i})/c_{out,i})^2$.
 
     Deterministic given the draws, so a validation set can be scored with fixed noise.
 
@@ -86,7 +87,7 @@ def denoising_loss_terms(
         u0: clean eigen coordinates ``(B, D)``.
         t: times ``(B,)``.
         eps: standard normal draws ``(B, D)``; the noise is
-            :math:`n = \sqrt{\gamma(t)}\,\epsilon`.
+            $n = \sqrt{\gamma(t)}\,\epsilon$.
 
     Returns:
         Losses ``(B,)``.
@@ -110,9 +111,9 @@ def denoising_loss(
 ) -> jax.Array:
     r"""Denoising score-matching loss, averaged over a batch.
 
-    Draws :math:`t \sim U[t_{min}, T]` and :math:`n \sim N(0, \operatorname{diag}\gamma(t))`
+    Draws $t \sim U[t_{min}, T]$ and $n \sim N(0, \operatorname{diag}\gamma(t))$
     per example and returns the batch mean of :func:`denoising_loss_terms`. Its minimum
-    over denoisers is the expected posterior variance weighted by :math:`1/c_{out}^2`;
+    over denoisers is the expected posterior variance weighted by $1/c_{out}^2$;
     for Gaussian data that is exactly ``D`` (one per direction).
 
     Args:
@@ -143,7 +144,7 @@ def _hyperparameters(net: nn.Module) -> dict:
 
 
 class LearnedDenoiser(AbstractScore):
-    r"""A trained denoiser :math:`D(w,t) = c_{skip} w + c_{out} F_\theta(c_{in} w, c_{noise})`.
+    r"""A trained denoiser $D(w,t) = c_{skip} w + c_{out} F_\theta(c_{in} w, c_{noise})$.
 
     An equinox module whose array leaves are the network weights (``params``), so it
     is an ordinary pytree under ``jit``/``vmap``/``grad`` and plugs into
@@ -295,7 +296,7 @@ class LearnedDenoiser(AbstractScore):
         return cls(params, net, config["architecture"], config["space"], config["t_ref"])
 
     def apply(self, x_in: jax.Array, c_noise: jax.Array) -> jax.Array:
-        r"""The raw network output :math:`F_\theta` for inputs ``(..., D)`` and labels ``(...)``."""
+        r"""The raw network output $F_\theta$ for inputs ``(..., D)`` and labels ``(...)``."""
         return self.network.apply({"params": self.params}, x_in, c_noise)
 
     def denoise(self, w, t, schedule):

@@ -226,8 +226,9 @@ class InflationaryFlow(eqx.Module):
         adaptive = isinstance(solver, diffrax.AbstractAdaptiveSolver)
         if stepsize_controller is None:
             stepsize_controller = (
-                diffrax.PIDController(rtol=check_positive(rtol, "rtol"),
-                                      atol=check_positive(atol, "atol"))
+                diffrax.PIDController(
+                    rtol=check_positive(rtol, "rtol"), atol=check_positive(atol, "atol")
+                )
                 if adaptive
                 else diffrax.ConstantStepSize()
             )
@@ -297,9 +298,17 @@ class InflationaryFlow(eqx.Module):
     def replace(self, **changes) -> InflationaryFlow:
         """A copy with some constructor arguments changed, e.g. ``flow.replace(throw=False)``."""
         kwargs = dict(
-            schedule=self.schedule, score=self.score, rtol=self.rtol, atol=self.atol,
-            solver=self.solver, adjoint=self.adjoint, dt0=self.dt0, max_steps=self.max_steps,
-            throw=self.throw, trace=self.trace, num_probes=self.num_probes,
+            schedule=self.schedule,
+            score=self.score,
+            rtol=self.rtol,
+            atol=self.atol,
+            solver=self.solver,
+            adjoint=self.adjoint,
+            dt0=self.dt0,
+            max_steps=self.max_steps,
+            throw=self.throw,
+            trace=self.trace,
+            num_probes=self.num_probes,
         )
         if not ({"rtol", "atol", "solver"} & changes.keys()):
             kwargs["stepsize_controller"] = self.stepsize_controller

@@ -1,24 +1,24 @@
 """Langevin MCMC kernels (MALA and ULA) for NumPyro's :class:`~numpyro.infer.MCMC`.
 
-Both kernels move the unconstrained latent vector :math:`x` with one Euler step of the
+Both kernels move the unconstrained latent vector $x$ with one Euler step of the
 overdamped Langevin diffusion, preconditioned by a diagonal inverse mass matrix
-:math:`M^{-1} = \\mathrm{diag}(m)`:
+$M^{-1} = \\mathrm{diag}(m)$:
 
-.. math::
+$$
+x' = x - h\\, m \\odot \\nabla U(x) + \\sqrt{2 h\\, m} \\odot \\xi,
+\\qquad \\xi \\sim \\mathcal N(0, I),
+$$
 
-    x' = x - h\\, m \\odot \\nabla U(x) + \\sqrt{2 h\\, m} \\odot \\xi,
-    \\qquad \\xi \\sim \\mathcal N(0, I),
-
-where :math:`U` is NumPyro's potential energy (negative log joint) and :math:`h` the step
+where $U$ is NumPyro's potential energy (negative log joint) and $h$ the step
 size. :class:`MALA` accepts or rejects the move with the Metropolis-Hastings ratio of the
 asymmetric Gaussian proposal, so it targets the posterior exactly; :class:`ULA` always
-accepts, so it targets a nearby distribution whose bias grows with :math:`h` (for a
-Gaussian target :math:`\\mathcal N(0, \\sigma^2)` without preconditioning the stationary
-variance is :math:`\\sigma^2 / (1 - h / (2 \\sigma^2))`).
+accepts, so it targets a nearby distribution whose bias grows with $h$ (for a
+Gaussian target $\\mathcal N(0, \\sigma^2)$ without preconditioning the stationary
+variance is $\\sigma^2 / (1 - h / (2 \\sigma^2))$).
 
 The step itself is BlackJAX's (``blackjax.mcmc.mala.build_kernel`` and
 ``blackjax.mcmc.diffusions.overdamped_langevin``), run in whitened coordinates
-:math:`y = x / \\sqrt{m}` so that BlackJAX's identity-metric step becomes the
+$y = x / \\sqrt{m}$ so that BlackJAX's identity-metric step becomes the
 preconditioned one above. BlackJAX has no adaptation for these kernels; this module adds
 it (see :class:`MALA`).
 """
@@ -54,7 +54,7 @@ class LangevinAdaptState(NamedTuple):
     """Warm-up adaptation state of :class:`MALA` / :class:`ULA`.
 
     Attributes:
-        dual_averaging: BlackJAX dual-averaging state for :math:`\\log h`.
+        dual_averaging: BlackJAX dual-averaging state for $\\log h$.
         welford: BlackJAX Welford running mean/variance of the flat latent vector.
     """
 
@@ -68,15 +68,15 @@ class LangevinState(NamedTuple):
     Attributes:
         i: iteration counter (warm-up iterations included).
         z: unconstrained latent values (a dict of sites for models).
-        potential_energy: :math:`U(z)`.
-        z_grad: :math:`\\nabla U(z)`, same structure as ``z``.
+        potential_energy: $U(z)$.
+        z_grad: $\\nabla U(z)$, same structure as ``z``.
         accept_prob: Metropolis acceptance probability of the last move. For :class:`ULA`
             the move is always taken; this is the probability MALA would have used.
         mean_accept_prob: running mean of ``accept_prob`` (reset when warm-up ends).
         diverging: the last proposal had a non-finite potential or raised it by more
             than 1000.
-        step_size: current step size :math:`h`.
-        inverse_mass_matrix: diagonal :math:`m` (flat, one entry per latent scalar).
+        step_size: current step size $h$.
+        inverse_mass_matrix: diagonal $m$ (flat, one entry per latent scalar).
         adapt_state: :class:`LangevinAdaptState`.
         rng_key: PRNG key for the next move.
     """
@@ -112,8 +112,8 @@ def _warmup_windows(num_warmup: int) -> list[tuple[int, int]]:
 def _mala_log_accept(x, x_new, logp, logp_new, g, g_new, h):
     """log Metropolis-Hastings ratio of the identity-metric Langevin proposal.
 
-    The proposal is :math:`q(x' | x) = \\mathcal N(x + h g(x), 2 h I)` with
-    :math:`g = \\nabla \\log p`; NaN is mapped to :math:`-\\infty` (reject).
+    The proposal is $q(x' | x) = \\mathcal N(x + h g(x), 2 h I)$ with
+    $g = \\nabla \\log p$; NaN is mapped to $-\\infty$ (reject).
     """
     fwd = jnp.sum((x_new - x - h * g) ** 2) / (4.0 * h)
     bwd = jnp.sum((x - x_new - h * g_new) ** 2) / (4.0 * h)
@@ -425,8 +425,8 @@ class MALA(_Langevin):
         model: a NumPyro model (exactly one of ``model`` and ``potential_fn``).
         potential_fn: a potential energy (negative log density) of a pytree; requires
             ``init_params`` in :meth:`MCMC.run`.
-        step_size: initial step size :math:`h` (the Langevin time step; the proposal
-            noise has variance :math:`2 h m`).
+        step_size: initial step size $h$ (the Langevin time step; the proposal
+            noise has variance $2 h m$).
         adapt_step_size: tune ``step_size`` during warm-up.
         adapt_mass_matrix: learn a diagonal inverse mass matrix during warm-up.
         inverse_mass_matrix: initial diagonal (scalar or flat vector); default ones.
@@ -461,13 +461,13 @@ class ULA(_Langevin):
     """Unadjusted Langevin algorithm as a NumPyro MCMC kernel.
 
     Every Euler step of the Langevin diffusion is accepted, so the chain targets a
-    biased approximation of the posterior; the bias is :math:`O(h)` (for a Gaussian
-    :math:`\\mathcal N(0, \\sigma^2)` the stationary variance is
-    :math:`\\sigma^2/(1 - h/(2\\sigma^2))`). Moves to a non-finite potential are the
+    biased approximation of the posterior; the bias is $O(h)$ (for a Gaussian
+    $\\mathcal N(0, \\sigma^2)$ the stationary variance is
+    $\\sigma^2/(1 - h/(2\\sigma^2))$). Moves to a non-finite potential are the
     only ones refused (and flagged ``diverging``).
 
     Step-size choice (documented trade-off): during warm-up, dual averaging tunes
-    :math:`h` so that the Metropolis acceptance probability that MALA *would* assign
+    $h$ so that the Metropolis acceptance probability that MALA *would* assign
     to the ULA moves averages ``target_accept_prob`` (default 0.9, higher than MALA's
     0.574 because no move is corrected). That probability measures the local
     discretisation error, so the target controls the bias; set
@@ -477,7 +477,7 @@ class ULA(_Langevin):
     Args:
         model: a NumPyro model (exactly one of ``model`` and ``potential_fn``).
         potential_fn: a potential energy of a pytree; requires ``init_params``.
-        step_size: initial (or, without adaptation, fixed) step size :math:`h`.
+        step_size: initial (or, without adaptation, fixed) step size $h$.
         adapt_step_size: tune ``step_size`` during warm-up.
         adapt_mass_matrix: learn a diagonal inverse mass matrix during warm-up.
         inverse_mass_matrix: initial diagonal (scalar or flat vector); default ones.

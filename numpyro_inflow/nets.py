@@ -1,7 +1,7 @@
 r"""Flax networks for learned denoisers: an MLP for vectors and a small U-Net for images.
 
 Both map a preconditioned input ``x`` ``(..., D)`` and a noise label ``c_noise`` ``(...)``
-to an output ``(..., D)`` (the :math:`F_\theta` of the EDM-style preconditioning in
+to an output ``(..., D)`` (the $F_\theta$ of the EDM-style preconditioning in
 :mod:`numpyro_inflow.denoiser`).
 
 Why flax *linen* (and not nnx): a linen module is an immutable, hashable dataclass
@@ -15,7 +15,7 @@ in the object itself and would need ``nnx.split``/``merge`` at every boundary.
 
 Time embedding: ``c_noise`` is an affine function of ``t`` in ``[0, 1]`` (see
 :func:`numpyro_inflow.denoiser.preconditioning`). It is embedded with sines and
-cosines at fixed, geometrically spaced frequencies :math:`1 \dots f_{\max}`, so the
+cosines at fixed, geometrically spaced frequencies $1 \dots f_{\max}$, so the
 embedding is a deterministic function of the configuration (no random buffers).
 """
 
@@ -33,8 +33,8 @@ __all__ = ["MLP", "NETWORKS", "UNet", "build_network", "fourier_embedding"]
 def fourier_embedding(c: jax.Array, num_frequencies: int, max_frequency: float) -> jax.Array:
     r"""Sinusoidal embedding of a scalar label ``c`` ``(...)`` -> ``(..., 2F + 1)``.
 
-    Features are :math:`[c, \sin(2\pi f_k c), \cos(2\pi f_k c)]` with ``F`` frequencies
-    :math:`f_k` spaced geometrically from 1 to ``max_frequency``.
+    Features are $[c, \sin(2\pi f_k c), \cos(2\pi f_k c)]$ with ``F`` frequencies
+    $f_k$ spaced geometrically from 1 to ``max_frequency``.
     """
     if num_frequencies == 1:
         freqs = jnp.ones((1,), c.dtype)

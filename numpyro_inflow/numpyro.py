@@ -5,7 +5,7 @@ prior in a NumPyro model:
 
 * :class:`InflationaryFlowDistribution` (also ``flow.prior()``): a distribution over
   data space. ``numpyro.sample("x", flow.prior())`` works without any handler; NUTS
-  then moves in data space and evaluates :math:`\log q(x)` by one augmented ODE solve
+  then moves in data space and evaluates $\log q(x)$ by one augmented ODE solve
   per gradient (the instantaneous change of variables, DESIGN.md §2).
 * :class:`LatentReparam`: with ``numpyro.handlers.reparam(config={"x": LatentReparam()})``
   NUTS samples the flow's latent instead (``k``-dimensional for PR-reducing flows) and
@@ -18,7 +18,7 @@ prior in a NumPyro model:
 
 Failed ODE solves (step limit reached, non-finite state) never crash a NumPyro run:
 the distribution and the reparameterizer rebuild the flow with ``throw=False``, so a
-failure turns the log-density into :math:`-\infty` and the proposal is rejected like
+failure turns the log-density into $-\infty$ and the proposal is rejected like
 a divergence. Count such events with :class:`SolveFailureCounter`.
 """
 
@@ -75,7 +75,7 @@ class SolveFailureCounter:
     Every log-density or decode evaluation of an :class:`InflationaryFlowDistribution`
     or a :class:`LatentReparam` site whose solve fails (step limit reached, non-finite
     state) adds one per failed point while a counter is active. Under NUTS such an
-    evaluation has log-density :math:`-\\infty`, so the proposal is rejected and the
+    evaluation has log-density $-\\infty$, so the proposal is rejected and the
     trajectory is marked divergent; the count says how many of the divergences came
     from the ODE solver. Counting works under ``jit``, ``vmap`` and ``grad`` (a JAX
     host callback that runs only when a solve failed).
@@ -184,18 +184,18 @@ class _FlowTransformBase(Transform):
 
 
 class InflationaryFlowTransform(_FlowTransformBase):
-    r"""The flow's decoder as a NumPyro bijection: latent :math:`z \in R^D` -> data :math:`x`.
+    r"""The flow's decoder as a NumPyro bijection: latent $z \in R^D$ -> data $x$.
 
     ``__call__`` decodes (integrates the pfODE ``T -> 0``), ``inv``/``_inverse`` encodes.
     :meth:`call_with_intermediates` returns the decoded point together with
-    :math:`\log|\det\partial x/\partial z|` from the same augmented solve, which
+    $\log|\det\partial x/\partial z|$ from the same augmented solve, which
     :meth:`log_abs_det_jacobian` reuses, so a ``TransformedDistribution`` sample and its
     log-density cost one solve. Without intermediates the log-det comes from one
-    augmented encode solve of ``y``: :math:`-\log|\det \partial z/\partial x|`.
+    augmented encode solve of ``y``: $-\log|\det \partial z/\partial x|$.
 
     For a PR-reducing flow this is the map of the full ``D``-dimensional latent, whose
-    squeezed coordinates have the tiny base variances :math:`\epsilon_i`; its log-det is a
-    valid Jacobian (of the :math:`\epsilon`-regularised density). Use
+    squeezed coordinates have the tiny base variances $\epsilon_i$; its log-det is a
+    valid Jacobian (of the $\epsilon$-regularised density). Use
     :class:`ReducedLatentTransform` for the ``k``-dimensional latent.
 
     The transform is a pytree: the flow's arrays are leaves and the rest is static aux
@@ -234,12 +234,12 @@ class InflationaryFlowTransform(_FlowTransformBase):
         return self.flow.encode(y)
 
     def call_with_intermediates(self, x):
-        """Decoded point and :math:`\\log|\\det\\partial x/\\partial z|` from one solve."""
+        """Decoded point and $\\log|\\det\\partial x/\\partial z|$ from one solve."""
         y, log_det = self.flow.decode_with_log_det(x)
         return y, log_det
 
     def log_abs_det_jacobian(self, x, y, intermediates=None):
-        r""":math:`\log|\det \partial y/\partial x|`, shape ``x.shape[:-1]``.
+        r"""$\log|\det \partial y/\partial x|$, shape ``x.shape[:-1]``.
 
         Args:
             x: latent points ``(..., D)``.
@@ -268,7 +268,7 @@ class InflationaryFlowTransform(_FlowTransformBase):
 
 
 class ReducedLatentTransform(_FlowTransformBase):
-    r"""The decoder of a PR-reducing flow from its reduced latent: :math:`R^k \to R^D`.
+    r"""The decoder of a PR-reducing flow from its reduced latent: $R^k \to R^D$.
 
     ``__call__`` decodes ``z_k`` with the squeezed latent coordinates set to zero
     (:meth:`~numpyro_inflow.InflationaryFlow.from_latent`); its image is a
@@ -276,11 +276,11 @@ class ReducedLatentTransform(_FlowTransformBase):
     :meth:`~numpyro_inflow.InflationaryFlow.to_latent` (encode, keep the first ``k``
     coordinates): exact on the surface, a projection off it.
 
-    Semantics: this map is **not a bijection** of :math:`R^D`, so it has no Jacobian
+    Semantics: this map is **not a bijection** of $R^D$, so it has no Jacobian
     determinant and :meth:`log_abs_det_jacobian` raises. Distributions over data space
     built from it would be singular (supported on a ``k``-dimensional set); use it to
     push latent samples forward (:class:`LatentReparam` does exactly this) or take the
-    :math:`\epsilon`-regularised full density of :class:`InflationaryFlowTransform`.
+    $\epsilon$-regularised full density of :class:`InflationaryFlowTransform`.
 
     Args:
         flow: an :class:`~numpyro_inflow.InflationaryFlow` (PR-reducing or not; for a
@@ -327,8 +327,8 @@ class ReducedLatentTransform(_FlowTransformBase):
 class InflationaryFlowDistribution(dist.Distribution):
     r"""The distribution of "draw the latent from the base, decode": a prior over data.
 
-    ``sample`` draws :math:`z \sim N(0, \operatorname{diag}(\text{base\_var}))` and decodes
-    it; ``log_prob`` is :math:`\log q(x) = \log N(z) + \log|\det\partial z/\partial x|`
+    ``sample`` draws $z \sim N(0, \operatorname{diag}(\text{base\_var}))$ and decodes
+    it; ``log_prob`` is $\log q(x) = \log N(z) + \log|\det\partial z/\partial x|$
     from ONE augmented encode solve (NumPyro's generic ``TransformedDistribution``
     would solve once for the inverse and once more for the log-det). The event shape is
     ``(D,)``, the batch shape ``()``; ``expand`` and plates give batches of i.i.d.
@@ -343,7 +343,7 @@ class InflationaryFlowDistribution(dist.Distribution):
     sampling); failures are counted by an active :class:`SolveFailureCounter`.
 
     PR-reducing flows: their data-space density concentrates on a ``k``-dimensional set
-    with widths :math:`\sqrt{\epsilon_i}` (tiny), a geometry that samplers in data space
+    with widths $\sqrt{\epsilon_i}$ (tiny), a geometry that samplers in data space
     cannot explore. ``log_prob`` therefore raises unless ``regularized_density=True``;
     the intended use is ``LatentReparam``, which needs no density. Sampling always works.
 
@@ -351,7 +351,7 @@ class InflationaryFlowDistribution(dist.Distribution):
         flow: an :class:`~numpyro_inflow.InflationaryFlow` of dimension ``D``.
         robust: rebuild the flow with ``throw=False`` (see above).
         regularized_density: allow ``log_prob`` for PR-reducing flows (the
-            :math:`\epsilon`-regularised density of
+            $\epsilon$-regularised density of
             :meth:`~numpyro_inflow.InflationaryFlow.log_prob`).
         trace_key: a fixed PRNG key for Hutchinson probes when the flow estimates the
             divergence stochastically (``trace="hutchinson"``, or ``"auto"`` with
@@ -360,8 +360,9 @@ class InflationaryFlowDistribution(dist.Distribution):
         validate_args: NumPyro's argument/sample validation flag.
 
     Raises:
-        ValueError: for a non-flow argument, or a stochastic-trace flow without
-            ``trace_key``.
+        ValueError: for a non-flow argument; from ``log_prob``, for a stochastic-trace
+            flow without ``trace_key`` or a PR-reducing flow without
+            ``regularized_density=True``.
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -387,16 +388,6 @@ class InflationaryFlowDistribution(dist.Distribution):
         validate_args: bool | None = None,
     ):
         flow = _robust(_check_flow(flow), robust)
-        if trace_key is None:
-            try:
-                flow._probes_for((), None, flow.schedule.eigenvalues.dtype)
-            except ValueError:
-                raise ValueError(
-                    "trace_key: expected a PRNG key because this flow estimates the "
-                    f"divergence stochastically (trace={flow.trace!r}, D={flow.dim}); got None. "
-                    "Pass trace_key=..., build the flow with trace='exact', or use "
-                    "LatentReparam, which needs no density"
-                ) from None
         self._params, self._static = eqx.partition(flow, eqx.is_array)
         self._trace_key = trace_key
         self._regularized = bool(regularized_density)
@@ -440,6 +431,16 @@ class InflationaryFlowDistribution(dist.Distribution):
                 "LatentReparam (numpyro.handlers.reparam(config={name: nif.LatentReparam()})) "
                 "or pass regularized_density=True to accept the epsilon-regularised density"
             )
+        if self._trace_key is None:
+            try:  # sampling and LatentReparam never need the key: check only here
+                flow._probes_for((), None, flow.schedule.eigenvalues.dtype)
+            except ValueError:
+                raise ValueError(
+                    "trace_key: expected a PRNG key because this flow estimates the "
+                    f"divergence stochastically (trace={flow.trace!r}, D={flow.dim}); got None. "
+                    "Pass trace_key=... to the distribution, build the flow with "
+                    "trace='exact', or use LatentReparam, which needs no density"
+                ) from None
         value = jnp.asarray(value)
         _check_last(jnp.shape(value), "value", flow.dim)
         if self._validate_args:  # NumPyro's behaviour: warn, and -inf outside the support
@@ -471,21 +472,21 @@ class LatentReparam(Reparam):
     ``numpyro.handlers.reparam(model, config={"x": LatentReparam()})`` replaces the site
     ``x`` by a standard-normal latent site ``"x_latent"`` and makes ``x`` the decoded
     point (a deterministic site). Samplers then move in the latent, where the prior is
-    :math:`N(0, I)`, and only the likelihood is evaluated in data space: no density,
+    $N(0, I)$, and only the likelihood is evaluated in data space: no density,
     no Jacobian, one plain decode solve per evaluation.
 
     Latent dimension: for a PR-preserving flow the latent is ``D``-dimensional and the
     site has exactly the prior ``flow.prior()``. For a PR-reducing flow ``reduced=True``
     (default) samples the ``k`` kept coordinates and decodes with the squeezed ones set
-    to zero: the prior is then the push-forward of :math:`N(0, I_k)` onto a
+    to zero: the prior is then the push-forward of $N(0, I_k)$ onto a
     ``k``-dimensional surface in data space (the model's intended low-dimensional
     prior). ``reduced=False`` samples all ``D`` standardized coordinates and scales the
-    squeezed ones by :math:`\sqrt{\epsilon_i}`, reproducing ``flow.prior()`` exactly
-    (including its thin :math:`\epsilon` spread off the surface).
+    squeezed ones by $\sqrt{\epsilon_i}$, reproducing ``flow.prior()`` exactly
+    (including its thin $\epsilon$ spread off the surface).
 
     Failed solves: with ``robust=True`` (inherited from the distribution) a failed decode
     gives a NaN site value and a ``numpyro.factor`` ``"<name>_solve_failed"`` of
-    :math:`-\infty`, so the proposal is rejected like a divergence; active
+    $-\infty$, so the proposal is rejected like a divergence; active
     :class:`SolveFailureCounter` objects count it.
 
     Args:

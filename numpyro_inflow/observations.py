@@ -1,6 +1,6 @@
 r"""Observation models for inverse problems: a forward operator plus Gaussian noise.
 
-Each model describes :math:`y = F(x) + n`, :math:`n \sim N(0, \operatorname{diag}\sigma^2)`,
+Each model describes $y = F(x) + n$, $n \sim N(0, \operatorname{diag}\sigma^2)$,
 for data points ``x`` of dimension ``D`` (images are flattened row-major). Use one
 inside any NumPyro model::
 
@@ -120,7 +120,7 @@ class _GaussianObservation(eqx.Module):
         return mean + self.noise_std * jax.random.normal(key, mean.shape, mean.dtype)
 
     def log_likelihood(self, x, y) -> jax.Array:
-        """:math:`\\log p(y \\mid x)`, shape ``broadcast(x.shape[:-1], y.shape[:-1])``."""
+        """$\\log p(y \\mid x)$, shape ``broadcast(x.shape[:-1], y.shape[:-1])``."""
         y = self.check_observation(y)
         return self.distribution(x).log_prob(y)
 
@@ -144,7 +144,7 @@ class _GaussianObservation(eqx.Module):
 
 
 class LinearGaussianObservation(_GaussianObservation):
-    r"""Linear forward operator with Gaussian noise, :math:`y = A x + n`.
+    r"""Linear forward operator with Gaussian noise, $y = A x + n$.
 
     Build one directly from a matrix or with the constructors :meth:`mask`
     (inpainting), :meth:`blur` (convolution), :meth:`random_projection` (compressed
@@ -187,11 +187,11 @@ class LinearGaussianObservation(_GaussianObservation):
         return x @ self.matrix.T
 
     def gaussian_posterior(self, prior_mean, prior_cov, y) -> tuple[jax.Array, jax.Array]:
-        r"""Closed-form posterior of ``x`` under a Gaussian prior :math:`N(m, S)`.
+        r"""Closed-form posterior of ``x`` under a Gaussian prior $N(m, S)$.
 
-        :math:`\Sigma' = (S^{-1} + A^\top R^{-1} A)^{-1}`,
-        :math:`\mu' = m + S A^\top (A S A^\top + R)^{-1} (y - A m)`, with
-        :math:`R = \operatorname{diag}\sigma^2`. Useful to check samplers (a Gaussian
+        $\Sigma' = (S^{-1} + A^\top R^{-1} A)^{-1}$,
+        $\mu' = m + S A^\top (A S A^\top + R)^{-1} (y - A m)$, with
+        $R = \operatorname{diag}\sigma^2$. Useful to check samplers (a Gaussian
         mixture prior gives a mixture of such posteriors).
 
         Returns:
@@ -281,7 +281,7 @@ class LinearGaussianObservation(_GaussianObservation):
 
 
 class NonlinearGaussianObservation(_GaussianObservation):
-    r"""A differentiable nonlinear forward map with Gaussian noise, :math:`y = F(x) + n`.
+    r"""A differentiable nonlinear forward map with Gaussian noise, $y = F(x) + n$.
 
     Args:
         fn: ``F``, mapping one point ``(D,)`` to ``(M,)``; it is vmapped over batches.
@@ -319,7 +319,7 @@ class NonlinearGaussianObservation(_GaussianObservation):
 
     @classmethod
     def magnitude(cls, matrix, noise_std) -> NonlinearGaussianObservation:
-        """Magnitudes of linear measurements, :math:`F(x) = |A x|` (sign-blind)."""
+        """Magnitudes of linear measurements, $F(x) = |A x|$ (sign-blind)."""
         a = as_float_array(matrix, "matrix")
         if a.ndim != 2:
             raise ValueError(f"matrix: expected a 2-D array (M, D); got shape {a.shape}")

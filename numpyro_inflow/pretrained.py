@@ -7,7 +7,7 @@ offline with one call and are checked against their recorded SHA-256.
 =========  ==============================================================
 name       flow
 =========  ==============================================================
-``digits`` sklearn's 8x8 digits in :math:`[-1, 1]` (64-D), PR-reducing with
+``digits`` sklearn's 8x8 digits in $[-1, 1]$ (64-D), PR-reducing with
            ``k = 16`` kept directions (constant inflation gap 1), residual
            MLP (width 256, depth 2) in eigen coordinates, 4,000 steps of 256
 =========  ==============================================================

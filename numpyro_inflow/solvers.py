@@ -1,45 +1,45 @@
 r"""Exponential integrators for the semi-linear pfODE, as diffrax solvers.
 
 The flow's vector field (:class:`~numpyro_inflow.PFODEField`) is semi-linear. In the
-unscaled eigen coordinates :math:`w = v/s(t)` it reads, per direction :math:`i`,
+unscaled eigen coordinates $w = v/s(t)$ it reads, per direction $i$,
 
-.. math:: \frac{dw_i}{dt} = c_i\,\bigl(w_i - D_i(w, t)\bigr), \qquad c_i = \frac{r_i}{2}
+$$\frac{dw_i}{dt} = c_i\,\bigl(w_i - D_i(w, t)\bigr), \qquad c_i = \frac{r_i}{2}$$
           = \frac{\rho(1+g_i)}{2},
 
-with a *constant* rate :math:`c_i` (because :math:`\log\gamma_i` is affine in
-:math:`t`; DESIGN.md §2, de Albuquerque & Pearson 2024, §3). Variation of constants
-over a step :math:`t_0 \to t_1 = t_0 + h` (:math:`h < 0` when decoding) is exact:
+with a *constant* rate $c_i$ (because $\log\gamma_i$ is affine in
+$t$; DESIGN.md §2, de Albuquerque & Pearson 2024, §3). Variation of constants
+over a step $t_0 \to t_1 = t_0 + h$ ($h < 0$ when decoding) is exact:
 
-.. math:: w_i(t_1) = e^{c_i h}\, w_i(t_0)
+$$w_i(t_1) = e^{c_i h}\, w_i(t_0)$$
           - \int_{t_0}^{t_1} c_i\, e^{c_i (t_1 - \tau)}\, D_i(\tau)\, d\tau .
 
-Only the denoiser is approximated. Writing :math:`\sigma = \tau - t_0`, :math:`x_i = c_i h`
-and :math:`\varphi_k(x) = \sum_{j \ge 0} x^j/(j+k)!` (so :math:`\varphi_1(x) = (e^x-1)/x`),
+Only the denoiser is approximated. Writing $\sigma = \tau - t_0$, $x_i = c_i h$
+and $\varphi_k(x) = \sum_{j \ge 0} x^j/(j+k)!$ (so $\varphi_1(x) = (e^x-1)/x$),
 the moments of the kernel are
 
-.. math:: \int_0^h c\, e^{c(h-\sigma)}\, \frac{\sigma^k}{k!}\, d\sigma = h^k\, x\,\varphi_{k+1}(x),
+$$\int_0^h c\, e^{c(h-\sigma)}\, \frac{\sigma^k}{k!}\, d\sigma = h^k\, x\,\varphi_{k+1}(x),$$
 
-so a polynomial model :math:`D(t_0+\sigma) \approx D_0 + \sigma D'` integrates exactly to
+so a polynomial model $D(t_0+\sigma) \approx D_0 + \sigma D'$ integrates exactly to
 
-.. math:: w(t_1) = e^{x} w(t_0) - (e^{x} - 1)\, D_0 - h\, x\varphi_2(x)\, D' .
+$$w(t_1) = e^{x} w(t_0) - (e^{x} - 1)\, D_0 - h\, x\varphi_2(x)\, D' .$$
 
-The solvers differ in how they get :math:`D'`:
+The solvers differ in how they get $D'$:
 
-* :class:`ExponentialEuler`: :math:`D' = 0`; first order, one evaluation per step.
-* :class:`ExponentialMultistep`: :math:`D'` from the previous step's evaluation,
-  :math:`(D_0 - D_{-1})/(t_0 - t_{-1})`; second order with *one* evaluation per step
+* :class:`ExponentialEuler`: $D' = 0$; first order, one evaluation per step.
+* :class:`ExponentialMultistep`: $D'$ from the previous step's evaluation,
+  $(D_0 - D_{-1})/(t_0 - t_{-1})$; second order with *one* evaluation per step
   (plus two before the first step), or third order (``order=3``) through two
   previous evaluations. Works on any grid (``StepTo``).
-* :class:`ExponentialMidpoint`: :math:`D'` from an exponential-Euler predictor to the
-  midpoint, :math:`(D_{1/2} - D_0)/(h/2)`; second order, two evaluations per step,
+* :class:`ExponentialMidpoint`: $D'$ from an exponential-Euler predictor to the
+  midpoint, $(D_{1/2} - D_0)/(h/2)$; second order, two evaluations per step,
   and adaptive (the difference from the exponential Euler step is its error
   estimate), so it works with ``diffrax.PIDController``.
 
-In the time variable :math:`\lambda_i = -\tfrac12\log\gamma_i` (affine in :math:`t`) these
+In the time variable $\lambda_i = -\tfrac12\log\gamma_i$ (affine in $t$) these
 are the data-prediction exponential integrators of the diffusion literature
 (DPM-Solver++ 1/2M/2S, DEIS), here with per-direction rates. With the scale included,
-:math:`v(t_1) = s(t_1)\, w(t_1)` and :math:`w(t_0) = v(t_0)/s(t_0)`, so the linear part
-(:math:`\dot s/s + c`) is propagated exactly too.
+$v(t_1) = s(t_1)\, w(t_1)$ and $w(t_0) = v(t_0)/s(t_0)$, so the linear part
+($\dot s/s + c$) is propagated exactly too.
 
 **Log-density state.** When the field carries the divergence accumulator
 (``PFODEField.probes`` not ``None``, state ``(v, acc)``), ``acc`` is integrated with
@@ -86,8 +86,8 @@ _SERIES_TERMS = 10
 
 
 def _xphi(k: int, x: jax.Array) -> jax.Array:
-    r""":math:`x\,\varphi_k(x)` for ``k >= 1``: ``expm1(x)`` for ``k = 1``, and in general
-    :math:`(e^x - \sum_{j<k} x^j/j!)/x^{k-1}`, computed stably for small ``|x|``."""
+    r"""$x\,\varphi_k(x)$ for ``k >= 1``: ``expm1(x)`` for ``k = 1``, and in general
+    $(e^x - \sum_{j<k} x^j/j!)/x^{k-1}$, computed stably for small ``|x|``."""
     if k == 1:
         return jnp.expm1(x)
     small = jnp.abs(x) < _SERIES_CUTOFF
@@ -143,8 +143,8 @@ class _Eval:
 
 
 def _propagate(field, t0, h, v0, d0, slope, curv=None) -> jax.Array:
-    r""":math:`v(t_0+h)` from the exact integral of
-    :math:`D(t_0+\sigma) = D_0 + \sigma\,\mathrm{slope} + \sigma^2\,\mathrm{curv}`."""
+    r"""$v(t_0+h)$ from the exact integral of
+    $D(t_0+\sigma) = D_0 + \sigma\,\mathrm{slope} + \sigma^2\,\mathrm{curv}$."""
     sch = field.schedule
     x = 0.5 * sch.rates * h
     w0 = v0 / sch.scale(t0)
@@ -181,7 +181,7 @@ class _AbstractExponentialSolver(diffrax.AbstractSolver):
 class ExponentialEuler(_AbstractExponentialSolver):
     r"""Exponential Euler for the pfODE: the denoiser is frozen over each step.
 
-    .. math:: w(t_1) = e^{c h} w(t_0) - (e^{c h} - 1)\, D(w(t_0), t_0), \quad c = r/2.
+    $$w(t_1) = e^{c h} w(t_0) - (e^{c h} - 1)\, D(w(t_0), t_0), \quad c = r/2.$$
 
     First order, one denoiser evaluation per step, no error estimate (use
     ``diffrax.ConstantStepSize`` or ``diffrax.StepTo``). Exact when the denoiser is
@@ -218,14 +218,15 @@ class ExponentialMultistep(_AbstractExponentialSolver):
     ``order - 1`` previous evaluations, and that polynomial is integrated exactly
     against the exponential kernel. For ``order=2``:
 
-    .. math::
-        w(t_1) = e^{x} w(t_0) - (e^{x} - 1) D_0 - h\, x\varphi_2(x)\,
-                 \frac{D_0 - D_{-1}}{t_0 - t_{-1}},\qquad x = \frac{r h}{2},
+    $$
+    w(t_1) = e^{x} w(t_0) - (e^{x} - 1) D_0 - h\, x\varphi_2(x)\,
+    \frac{D_0 - D_{-1}}{t_0 - t_{-1}},\qquad x = \frac{r h}{2},
+    $$
 
-    with :math:`x\varphi_2(x) = (e^x - 1 - x)/x`. For ``order=3`` the Newton form
-    :math:`D_0 + d_1\sigma + d_2\sigma(\sigma + t_0 - t_{-1})` through three points
-    (divided differences :math:`d_1, d_2`) adds
-    :math:`-h\,x\varphi_2(x)\, d_2 (t_0 - t_{-1}) - 2h^2\, x\varphi_3(x)\, d_2`.
+    with $x\varphi_2(x) = (e^x - 1 - x)/x$. For ``order=3`` the Newton form
+    $D_0 + d_1\sigma + d_2\sigma(\sigma + t_0 - t_{-1})$ through three points
+    (divided differences $d_1, d_2$) adds
+    $-h\,x\varphi_2(x)\, d_2 (t_0 - t_{-1}) - 2h^2\, x\varphi_3(x)\, d_2$.
 
     Start-up: before the first step, an exponential Euler predictor to the first
     step's midpoint provides a history point (two evaluations, counted by the class
@@ -238,8 +239,8 @@ class ExponentialMultistep(_AbstractExponentialSolver):
 
     The log-density accumulator, if present, integrates the same polynomial model of
     the divergence (Adams–Bashforth on a variable grid), e.g. for ``order=2``
-    :math:`a_1 = a_0 + h\,\mathrm{div}_0 + \tfrac{h^2}{2}\,
-    (\mathrm{div}_0 - \mathrm{div}_{-1})/(t_0 - t_{-1})`.
+    $a_1 = a_0 + h\,\mathrm{div}_0 + \tfrac{h^2}{2}\,
+    (\mathrm{div}_0 - \mathrm{div}_{-1})/(t_0 - t_{-1})$.
 
     Args:
         order: 2 (default) or 3.
@@ -330,20 +331,21 @@ class ExponentialMultistep(_AbstractExponentialSolver):
 class ExponentialMidpoint(_AbstractExponentialSolver, diffrax.AbstractAdaptiveSolver):
     r"""Second-order single-step exponential integrator (2S, midpoint), adaptive.
 
-    A predictor takes an exponential Euler half step to :math:`t_{1/2} = t_0 + h/2`, the
-    denoiser is evaluated there, and the line through :math:`D_0` and :math:`D_{1/2}` is
+    A predictor takes an exponential Euler half step to $t_{1/2} = t_0 + h/2$, the
+    denoiser is evaluated there, and the line through $D_0$ and $D_{1/2}$ is
     integrated exactly:
 
-    .. math::
-        w(t_1) = e^{x} w(t_0) - (e^{x} - 1) D_0 - h\, x\varphi_2(x)\,
-                 \frac{D_{1/2} - D_0}{h/2}.
+    $$
+    w(t_1) = e^{x} w(t_0) - (e^{x} - 1) D_0 - h\, x\varphi_2(x)\,
+    \frac{D_{1/2} - D_0}{h/2}.
+    $$
 
     Two evaluations per step. The last term is the difference from the exponential
     Euler step and serves as the local error estimate, so this solver works with
     ``diffrax.PIDController`` (the default controller an
     :class:`~numpyro_inflow.InflationaryFlow` builds for it) as well as with fixed grids.
     The log-density accumulator, if present, uses the midpoint rule
-    :math:`a_1 = a_0 + h\,\mathrm{div}_{1/2}`.
+    $a_1 = a_0 + h\,\mathrm{div}_{1/2}$.
     """
 
     evals_per_step: ClassVar[int] = 2

@@ -12,6 +12,7 @@ def test_digits_demo_writes_report(tmp_path, capsys):
     out.mkdir()
     (out / "unrelated.txt").write_text("keep me")
     args = [
+        "--digits",
         "--out",
         str(out),
         "--quick",
@@ -57,7 +58,7 @@ def test_psnr_against_closed_form():
 
 def test_oracle_demo_writes_report(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert demo.main(["--oracle", "--out", str(out), "-n", "40", "--grid", "40", "--quiet"]) == 0
+    assert demo.main(["--out", str(out), "-n", "40", "--grid", "40", "--quiet"]) == 0
     for name in ("flow.png", "log_density.png", "summary.json"):
         assert (out / name).stat().st_size > 0
     summary = json.loads((out / "summary.json").read_text())
