@@ -1,6 +1,6 @@
 """Input validation shared by the public entry points.
 
-Every check raises :class:`ValueError` phrased "``name``: expected X; got Y" so that
+Every check raises `ValueError` phrased "``name``: expected X; got Y" so that
 the user sees which argument is wrong and what would have been accepted. Value
 checks (finiteness) run only on concrete arrays: inside ``jit`` the values are not
 known, and the ODE solve itself flags non-finite states.

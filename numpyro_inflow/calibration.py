@@ -83,7 +83,7 @@ def _latent_sites(model, model_args, model_kwargs, observed) -> list[str]:
 
 @dataclasses.dataclass
 class SBCResult:
-    """Outcome of :func:`sbc`.
+    """Outcome of `sbc`.
 
     Attributes:
         quantities: names of the scalar quantities checked (``"theta[0]"``, derived names).
@@ -162,7 +162,7 @@ class SBCResult:
         """ArviZ DataTree with the PIT values in group ``prior_sbc`` (and truths in ``prior``).
 
         Each quantity is a variable with dims ``(chain=1, draw=num_simulations)``, the
-        layout :func:`arviz_plots.plot_ecdf_pit` reads.
+        layout `arviz_plots.plot_ecdf_pit` reads.
         """
         from arviz_base import from_dict
 
@@ -206,7 +206,7 @@ class SBCResult:
     def plot_ecdf(self, var_names=None, method: str = "pot_c", **kwargs):
         """PIT-ECDF difference plots with ArviZ's uniformity test (arviz-plots).
 
-        Calls :func:`arviz_plots.plot_ecdf_pit` on :meth:`to_datatree`. The default
+        Calls `arviz_plots.plot_ecdf_pit` on `to_datatree`. The default
         ``method="pot_c"`` (ArviZ's recommended test) marks the points that drive a
         departure from uniformity and prints its p-value per panel; ``"envelope"`` draws
         the simultaneous band of Säilynoja et al. 2022 (ArviZ plans to deprecate it).
@@ -215,7 +215,7 @@ class SBCResult:
             var_names: quantities to plot (default all).
             method: ArviZ uniformity method (``"pot_c"``, ``"prit_c"``, ``"piet_c"``,
                 ``"envelope"``).
-            **kwargs: passed to :func:`arviz_plots.plot_ecdf_pit`.
+            **kwargs: passed to `arviz_plots.plot_ecdf_pit`.
 
         Returns:
             An arviz-plots ``PlotCollection``.
@@ -289,7 +289,7 @@ def sbc(
 
     ``model`` is the generative model: called with ``model_args``/``model_kwargs`` and
     no data, it samples the latents and the ``observed`` sites. For each simulation the
-    observed sites are fixed with :func:`numpyro.handlers.condition`, so any NumPyro
+    observed sites are fixed with `numpyro.handlers.condition`, so any NumPyro
     model works unchanged.
 
     Thinning: per simulation, all chains are pooled and thinned by
@@ -305,7 +305,7 @@ def sbc(
         observed: name(s) of the data sites.
         num_simulations: number of simulated data sets.
         kernel: a callable ``model -> MCMCKernel`` (a class such as
-            :class:`numpyro.infer.NUTS` or :class:`numpyro_inflow.MALA`, or a
+            `numpyro.infer.NUTS` or `numpyro_inflow.MALA`, or a
             ``functools.partial`` of one). Default NUTS.
         num_warmup: warm-up iterations per chain.
         num_samples: post-warm-up iterations per chain.
@@ -326,7 +326,7 @@ def sbc(
         progress_bar: show a tqdm bar over simulations.
 
     Returns:
-        An :class:`SBCResult`.
+        An `SBCResult`.
 
     Raises:
         ValueError: for bad arguments or unknown observed sites.

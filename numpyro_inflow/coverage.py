@@ -3,12 +3,12 @@
 Plain arrays in: ``samples`` of shape ``(S, N, ...)`` (``N`` posterior draws for each of
 ``S`` simulated data sets) and ``truths`` of shape ``(S, ...)``. Out: a table (pandas
 DataFrame) of empirical against nominal coverage with exact binomial intervals and
-tests, and a calibration-curve figure (:func:`plot_coverage`).
+tests, and a calibration-curve figure (`plot_coverage`).
 
-- :func:`central_coverage`: equal-tailed intervals, one row per scalar and level.
-- :func:`hdr_coverage`: highest-density regions of the joint posterior (exact when the
+- `central_coverage`: equal-tailed intervals, one row per scalar and level.
+- `hdr_coverage`: highest-density regions of the joint posterior (exact when the
   log density is supplied, else a Gaussian kernel density estimate).
-- :func:`tarp`: the distance-to-random-point test of Lemos et al. 2023 (arXiv
+- `tarp`: the distance-to-random-point test of Lemos et al. 2023 (arXiv
   2302.03026), a necessary and sufficient coverage check for multivariate targets.
 """
 
@@ -104,7 +104,7 @@ def central_coverage(samples, truths, levels=DEFAULT_LEVELS, *, alpha: float = 0
 def _kde_logpdf(points: np.ndarray, query: np.ndarray) -> np.ndarray:
     """Gaussian KDE (Scott bandwidth, sample covariance) of ``points`` (N, d) at ``query``.
 
-    Same estimator as :class:`scipy.stats.gaussian_kde`, vectorised for small N.
+    Same estimator as `scipy.stats.gaussian_kde`, vectorised for small N.
     """
     n, d = points.shape
     cov = np.atleast_2d(np.cov(points, rowvar=False)) * n ** (-2.0 / (d + 4))
@@ -143,7 +143,7 @@ def hdr_coverage(
         alpha: family-wise level (Holm) of the ``flagged`` column.
 
     Returns:
-        DataFrame as :func:`central_coverage`, one row per level (quantity ``"joint"``).
+        DataFrame as `central_coverage`, one row per level (quantity ``"joint"``).
 
     Raises:
         ValueError: on mismatched shapes, or only one of the two log-density arrays.
@@ -182,7 +182,7 @@ def plot_coverage(table, ax=None, title: str | None = None):
     """Calibration curve: empirical against nominal coverage with 95% intervals.
 
     Args:
-        table: output of :func:`central_coverage` or :func:`hdr_coverage`.
+        table: output of `central_coverage` or `hdr_coverage`.
         ax: optional matplotlib Axes.
         title: optional title.
 
@@ -213,7 +213,7 @@ def plot_coverage(table, ax=None, title: str | None = None):
 
 @dataclasses.dataclass
 class TARPResult:
-    """Outcome of :func:`tarp`.
+    """Outcome of `tarp`.
 
     Attributes:
         alpha_grid: credibility levels $\\alpha$ in [0, 1].
@@ -288,10 +288,10 @@ def tarp(
             uniform in the bounding box of the standardised truths.
         seed: NumPy seed for references and the tie-breaking jitter.
         num_levels: number of credibility levels on [0, 1].
-        significance: level of :attr:`TARPResult.passed`.
+        significance: level of `TARPResult.passed`.
 
     Returns:
-        A :class:`TARPResult`.
+        A `TARPResult`.
 
     Raises:
         ValueError: on mismatched shapes.

@@ -1,6 +1,6 @@
 r"""Toy data sets of the paper, sklearn's 8x8 digits, and user data files.
 
-:func:`load` returns a ``float32`` NumPy array ``(N, D)``:
+`load` returns a ``float32`` NumPy array ``(N, D)``:
 
 =============  ===  ==========================================================
 name           D    recipe (de Albuquerque & Pearson 2024, appendix C)
@@ -26,7 +26,7 @@ z-scoring would divide by zero; the affine map to ``[-1, 1]`` keeps them constan
 (the schedule floors their zero eigenvalues). ``n`` and ``seed`` pick a random
 subset of the images (in a random order); ``n=None`` returns all of them, shuffled.
 
-User data: a path ending in ``.npy``, ``.npz`` or ``.csv`` (see :func:`load_file`).
+User data: a path ending in ``.npy``, ``.npz`` or ``.csv`` (see `load_file`).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import numpy as np
 
 __all__ = ["NAMES", "load", "load_file", "names"]
 
-#: Names accepted by :func:`load`.
+#: Names accepted by `load`.
 NAMES: tuple[str, ...] = ("circles", "moons", "sine", "s_curve", "swirl", "digits")
 _FILE_SUFFIXES = (".npy", ".npz", ".csv")
 _DEFAULT_N = 2000  # the authors' default simulation size
@@ -107,8 +107,8 @@ def load(name, n: int | None = None, seed: int = 0, *, key: str | None = None) -
     """Load a built-in data set by name, or a user data file by path.
 
     Args:
-        name: One of :data:`NAMES` (see the module docstring for the recipes), or a
-            path ending in ``.npy``, ``.npz`` or ``.csv`` (a :class:`~pathlib.Path`
+        name: One of `NAMES` (see the module docstring for the recipes), or a
+            path ending in ``.npy``, ``.npz`` or ``.csv`` (a `Path`
             is always read as a file).
         n: Number of points. Toy sets: points drawn (default 2000; at least 2 so
             the data can be z-scored). Digits and files: size of a random subset
@@ -121,7 +121,7 @@ def load(name, n: int | None = None, seed: int = 0, *, key: str | None = None) -
 
     Raises:
         ValueError: For an unknown name (the message lists the known ones), a bad
-            ``n`` or ``seed``, or a file problem (see :func:`load_file`).
+            ``n`` or ``seed``, or a file problem (see `load_file`).
 
     Example:
         >>> x = load("moons", n=500, seed=1)

@@ -1,19 +1,19 @@
 """End-to-end demos: an exact oracle flow (the default), and digits inpainting with NUTS.
 
 The default run (``make demo``, ``inflow demo`` or ``python -m numpyro_inflow.demo``) is
-the oracle demo (:func:`oracle_main`): an exact Gaussian-mixture flow on a 2-D ring,
+the oracle demo (`oracle_main`): an exact Gaussian-mixture flow on a 2-D ring,
 whose encode, decode, log-density and samples are compared with closed forms.
 
 ``--digits`` runs the image-prior demo (work in progress; see docs/limitations.md):
 
 1. loads the shipped prior ``nif.pretrained("digits")`` (a PR-reducing inflationary
    flow with a 16-dimensional latent) and switches it to a cheap fixed-step solver,
-   :class:`~numpyro_inflow.ExponentialMultistep` (order 3) with ``--solver-steps`` steps (one
+   `ExponentialMultistep` (order 3) with ``--solver-steps`` steps (one
    network evaluation per step), after measuring its gap to the adaptive solver;
 2. hides a block of pixels of a held-out digit, adds Gaussian noise to the rest, and
    samples the posterior with NUTS in the flow's 16-dimensional latent
-   (:class:`~numpyro_inflow.LatentReparam` via :func:`~numpyro_inflow.inverse_problem`);
-3. checks calibration: a small simulation-based calibration (as :func:`~numpyro_inflow.sbc`
+   (`LatentReparam` via `inverse_problem`);
+3. checks calibration: a small simulation-based calibration (as `sbc`
    does, truths drawn from the prior) and, optionally, the coverage of pixel-wise 90 %
    intervals of the missing pixels over more held-out digits;
 4. writes ``summary.txt``, ``summary.json`` and PNG figures into ``--out``
@@ -127,7 +127,7 @@ def _sbc_ranks(z_draws, z_true, x_draws, x_true, miss, key, alpha=0.05):
     ``z_draws`` ``(N, S, k)``, ``z_true`` ``(S, k)``; each simulation's draws are thinned
     to about its smallest effective sample size, ranks become randomised PIT values
     ``(rank + U) / (L + 1)``, uniform under calibration, and each quantity gets a KS
-    test with Holm's correction (as :func:`numpyro_inflow.sbc`).
+    test with Holm's correction (as `numpyro_inflow.sbc`).
     """
     from numpyro.diagnostics import effective_sample_size
     from scipy import stats

@@ -21,7 +21,7 @@ construction), an affine map of ``t`` onto ``[0, 1]``. Because
 $\log\sigma_i(t) = \tfrac12\log\gamma_{0} + \tfrac12 r_i t$ is itself affine in
 ``t``, this is also an affine function of every direction's log noise level: the
 "c_noise proportional to log sigma" choice, normalised to the unit interval so the
-fixed-frequency embedding of :mod:`numpyro_inflow.nets` resolves it smoothly. The
+fixed-frequency embedding of `numpyro_inflow.nets` resolves it smoothly. The
 authors' ``999 t`` drives their random-frequency embedding to phases of order 1e6,
 effectively pseudo-random time features. In a small ablation (moons, 3,000 steps of
 256, width 64, depth 2) the smooth label reached a validation loss of 1.8846 against
@@ -82,7 +82,7 @@ def denoising_loss_terms(
     Deterministic given the draws, so a validation set can be scored with fixed noise.
 
     Args:
-        score: any score object (a :class:`LearnedDenoiser` or an exact oracle).
+        score: any score object (a `LearnedDenoiser` or an exact oracle).
         schedule: the schedule.
         u0: clean eigen coordinates ``(B, D)``.
         t: times ``(B,)``.
@@ -112,7 +112,7 @@ def denoising_loss(
     r"""Denoising score-matching loss, averaged over a batch.
 
     Draws $t \sim U[t_{min}, T]$ and $n \sim N(0, \operatorname{diag}\gamma(t))$
-    per example and returns the batch mean of :func:`denoising_loss_terms`. Its minimum
+    per example and returns the batch mean of `denoising_loss_terms`. Its minimum
     over denoisers is the expected posterior variance weighted by $1/c_{out}^2$;
     for Gaussian data that is exactly ``D`` (one per direction).
 
@@ -148,12 +148,12 @@ class LearnedDenoiser(AbstractScore):
 
     An equinox module whose array leaves are the network weights (``params``), so it
     is an ordinary pytree under ``jit``/``vmap``/``grad`` and plugs into
-    :class:`~numpyro_inflow.InflationaryFlow` exactly where an oracle score does. The
-    flax module (architecture and hyperparameters) is static; :meth:`config` and
-    :meth:`from_config` rebuild a same-shaped skeleton whose weights can then be filled
+    `InflationaryFlow` exactly where an oracle score does. The
+    flax module (architecture and hyperparameters) is static; `config` and
+    `from_config` rebuild a same-shaped skeleton whose weights can then be filled
     with ``eqx.tree_deserialise_leaves``.
 
-    Build one with :meth:`init`; :func:`numpyro_inflow.fit` trains it.
+    Build one with `init`; `numpyro_inflow.fit` trains it.
 
     Attributes:
         params: the flax parameter pytree.
@@ -242,7 +242,7 @@ class LearnedDenoiser(AbstractScore):
         return sum(int(p.size) for p in jax.tree.leaves(self.params))
 
     def config(self) -> dict:
-        """JSON-serialisable description from which :meth:`from_config` rebuilds a skeleton.
+        """JSON-serialisable description from which `from_config` rebuilds a skeleton.
 
         Returns:
             ``{"type", "version", "architecture", "hyperparameters", "dim", "dtype",
@@ -263,7 +263,7 @@ class LearnedDenoiser(AbstractScore):
 
     @classmethod
     def from_config(cls, config: dict) -> LearnedDenoiser:
-        """A skeleton of the right shapes (weights are placeholders) from :meth:`config`.
+        """A skeleton of the right shapes (weights are placeholders) from `config`.
 
         Raises:
             ValueError: for a malformed or incompatible configuration.

@@ -1,6 +1,6 @@
 """One-call convergence diagnostics of a NumPyro MCMC run (via ArviZ).
 
-:func:`diagnose` gathers split R-hat, bulk and tail ESS (ArviZ's rank-normalised
+`diagnose` gathers split R-hat, bulk and tail ESS (ArviZ's rank-normalised
 estimators, Vehtari et al. 2021), divergences, acceptance and step size in one table,
 and warns when a threshold is crossed.
 """
@@ -21,7 +21,7 @@ class DiagnosticWarning(UserWarning):
 
 @dataclasses.dataclass
 class Diagnosis:
-    """Result of :func:`diagnose`.
+    """Result of `diagnose`.
 
     Attributes:
         table: per-parameter DataFrame (``mean, sd, ess_bulk, ess_tail, r_hat``) followed
@@ -67,8 +67,8 @@ def diagnose(
 ) -> Diagnosis:
     """R-hat, bulk/tail ESS, divergences, acceptance and step size in one table.
 
-    Works for :class:`numpyro.infer.MCMC` runs with any kernel (NUTS, HMC,
-    :class:`numpyro_inflow.MALA`, :class:`numpyro_inflow.ULA`) and for ArviZ
+    Works for `numpyro.infer.MCMC` runs with any kernel (NUTS, HMC,
+    `numpyro_inflow.MALA`, `numpyro_inflow.ULA`) and for ArviZ
     DataTrees. Acceptance and step size come from the ``sample_stats`` group when they
     were collected (``extra_fields=("accept_prob", ...)``), else from the last state.
 
@@ -76,13 +76,13 @@ def diagnose(
     least ``ess_min_per_chain`` times the number of chains; no divergences.
 
     Args:
-        mcmc: a finished :class:`numpyro.infer.MCMC` or an ArviZ DataTree.
+        mcmc: a finished `numpyro.infer.MCMC` or an ArviZ DataTree.
         rhat_max: largest acceptable R-hat.
         ess_min_per_chain: smallest acceptable ESS per chain.
-        warn: emit a :class:`DiagnosticWarning` listing the problems.
+        warn: emit a `DiagnosticWarning` listing the problems.
 
     Returns:
-        A :class:`Diagnosis`.
+        A `Diagnosis`.
 
     Raises:
         ValueError: if ``mcmc`` has no posterior samples.

@@ -137,8 +137,8 @@ class InflationaryFlow(eqx.Module):
     r"""An invertible map between data and a Gaussian latent, given by the pfODE.
 
     Args:
-        schedule: the :class:`~numpyro_inflow.InflationSchedule`.
-        score: any :class:`~numpyro_inflow.scores.AbstractScore` of the same dimension
+        schedule: the `InflationSchedule`.
+        score: any `AbstractScore` of the same dimension
             (an oracle or a trained denoiser).
         rtol: relative tolerance of the default adaptive step-size controller.
         atol: absolute tolerance of the default adaptive step-size controller.
@@ -155,7 +155,7 @@ class InflationaryFlow(eqx.Module):
         throw: raise when a solve fails (step limit reached, non-finite state). With
             ``throw=False`` failed outputs are NaN and ``*_with_info`` methods report
             ``success``; NumPyro objects use this to reject such proposals.
-        trace: divergence estimator for :meth:`log_prob`: ``"exact"`` (Jacobian
+        trace: divergence estimator for `log_prob`: ``"exact"`` (Jacobian
             diagonal), ``"hutchinson"`` (needs a ``key``) or ``"auto"`` (exact up to
             D = 16).
         num_probes: Hutchinson probe vectors per point.
@@ -400,13 +400,13 @@ class InflationaryFlow(eqx.Module):
         )
 
     def encode_with_info(self, x) -> tuple[jax.Array, SolveInfo]:
-        """Like :meth:`encode`, also returning the :class:`SolveInfo` of each solve."""
+        """Like `encode`, also returning the `SolveInfo` of each solve."""
         x = event_input(x, "x", self.dim)
         z, info = _batched(type(self)._encode_one, self, x)
         return self._check_failures(z, info), info
 
     def decode_with_info(self, z) -> tuple[jax.Array, SolveInfo]:
-        """Like :meth:`decode`, also returning the :class:`SolveInfo` of each solve."""
+        """Like `decode`, also returning the `SolveInfo` of each solve."""
         z = event_input(z, "z", self.dim)
         x, info = _batched(type(self)._decode_one, self, z)
         return self._check_failures(x, info), info
@@ -460,7 +460,7 @@ class InflationaryFlow(eqx.Module):
 
     # ------------------------------------------------------------------ latents
     def to_latent(self, x) -> jax.Array:
-        """Reduced latent ``(..., k)``: the first ``k`` (kept) coordinates of :meth:`encode`."""
+        """Reduced latent ``(..., k)``: the first ``k`` (kept) coordinates of `encode`."""
         return self.encode(x)[..., : self.latent_dim]
 
     def from_latent(self, z_k) -> jax.Array:
@@ -481,7 +481,7 @@ class InflationaryFlow(eqx.Module):
 
     # ------------------------------------------------------------------ persistence / NumPyro
     def save(self, path, *, overwrite: bool = False) -> None:
-        """Save the flow to a versioned directory (see :mod:`numpyro_inflow.persistence`).
+        """Save the flow to a versioned directory (see `numpyro_inflow.persistence`).
 
         Refuses to overwrite an existing path unless ``overwrite=True``; writes atomically.
         """
@@ -491,14 +491,14 @@ class InflationaryFlow(eqx.Module):
 
     @classmethod
     def load(cls, path) -> InflationaryFlow:
-        """Load a flow saved with :meth:`save`."""
+        """Load a flow saved with `save`."""
         from .persistence import load_flow
 
         return load_flow(path)
 
     def prior(self, **kwargs):
         """This flow as a NumPyro distribution over data space
-        (:class:`~numpyro_inflow.InflationaryFlowDistribution`)."""
+        (`InflationaryFlowDistribution`)."""
         from .numpyro import InflationaryFlowDistribution
 
         return InflationaryFlowDistribution(self, **kwargs)

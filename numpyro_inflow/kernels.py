@@ -1,4 +1,4 @@
-"""Langevin MCMC kernels (MALA and ULA) for NumPyro's :class:`~numpyro.infer.MCMC`.
+"""Langevin MCMC kernels (MALA and ULA) for NumPyro's `MCMC`.
 
 Both kernels move the unconstrained latent vector $x$ with one Euler step of the
 overdamped Langevin diffusion, preconditioned by a diagonal inverse mass matrix
@@ -10,8 +10,8 @@ x' = x - h\\, m \\odot \\nabla U(x) + \\sqrt{2 h\\, m} \\odot \\xi,
 $$
 
 where $U$ is NumPyro's potential energy (negative log joint) and $h$ the step
-size. :class:`MALA` accepts or rejects the move with the Metropolis-Hastings ratio of the
-asymmetric Gaussian proposal, so it targets the posterior exactly; :class:`ULA` always
+size. `MALA` accepts or rejects the move with the Metropolis-Hastings ratio of the
+asymmetric Gaussian proposal, so it targets the posterior exactly; `ULA` always
 accepts, so it targets a nearby distribution whose bias grows with $h$ (for a
 Gaussian target $\\mathcal N(0, \\sigma^2)$ without preconditioning the stationary
 variance is $\\sigma^2 / (1 - h / (2 \\sigma^2))$).
@@ -20,7 +20,7 @@ The step itself is BlackJAX's (``blackjax.mcmc.mala.build_kernel`` and
 ``blackjax.mcmc.diffusions.overdamped_langevin``), run in whitened coordinates
 $y = x / \\sqrt{m}$ so that BlackJAX's identity-metric step becomes the
 preconditioned one above. BlackJAX has no adaptation for these kernels; this module adds
-it (see :class:`MALA`).
+it (see `MALA`).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ _MAX_DELTA_ENERGY = 1000.0
 
 
 class LangevinAdaptState(NamedTuple):
-    """Warm-up adaptation state of :class:`MALA` / :class:`ULA`.
+    """Warm-up adaptation state of `MALA` / `ULA`.
 
     Attributes:
         dual_averaging: BlackJAX dual-averaging state for $\\log h$.
@@ -70,14 +70,14 @@ class LangevinState(NamedTuple):
         z: unconstrained latent values (a dict of sites for models).
         potential_energy: $U(z)$.
         z_grad: $\\nabla U(z)$, same structure as ``z``.
-        accept_prob: Metropolis acceptance probability of the last move. For :class:`ULA`
+        accept_prob: Metropolis acceptance probability of the last move. For `ULA`
             the move is always taken; this is the probability MALA would have used.
         mean_accept_prob: running mean of ``accept_prob`` (reset when warm-up ends).
         diverging: the last proposal had a non-finite potential or raised it by more
             than 1000.
         step_size: current step size $h$.
         inverse_mass_matrix: diagonal $m$ (flat, one entry per latent scalar).
-        adapt_state: :class:`LangevinAdaptState`.
+        adapt_state: `LangevinAdaptState`.
         rng_key: PRNG key for the next move.
     """
 
@@ -122,7 +122,7 @@ def _mala_log_accept(x, x_new, logp, logp_new, g, g_new, h):
 
 
 class _Langevin(MCMCKernel):
-    """Shared machinery of :class:`MALA` and :class:`ULA` (not public)."""
+    """Shared machinery of `MALA` and `ULA` (not public)."""
 
     _adjusted: bool = True
     _default_target: float = 0.574
@@ -408,7 +408,7 @@ class _Langevin(MCMCKernel):
 class MALA(_Langevin):
     """Metropolis-adjusted Langevin algorithm as a NumPyro MCMC kernel.
 
-    Used exactly like :class:`numpyro.infer.NUTS`::
+    Used exactly like `numpyro.infer.NUTS`::
 
         mcmc = MCMC(nif.MALA(model), num_warmup=1000, num_samples=1000, num_chains=4)
         mcmc.run(key, data, extra_fields=("accept_prob", "step_size"))
@@ -424,7 +424,7 @@ class MALA(_Langevin):
     Args:
         model: a NumPyro model (exactly one of ``model`` and ``potential_fn``).
         potential_fn: a potential energy (negative log density) of a pytree; requires
-            ``init_params`` in :meth:`MCMC.run`.
+            ``init_params`` in `MCMC.run`.
         step_size: initial step size $h$ (the Langevin time step; the proposal
             noise has variance $2 h m$).
         adapt_step_size: tune ``step_size`` during warm-up.
@@ -437,7 +437,7 @@ class MALA(_Langevin):
         ValueError: if both or neither of ``model``/``potential_fn`` are given, or a
             number is out of range.
 
-    The state (:class:`LangevinState`) exposes ``accept_prob``, ``mean_accept_prob``,
+    The state (`LangevinState`) exposes ``accept_prob``, ``mean_accept_prob``,
     ``step_size`` and ``diverging`` as extra fields; ArviZ's ``from_numpyro`` renames
     ``accept_prob`` to ``acceptance_rate``.
 
@@ -472,7 +472,7 @@ class ULA(_Langevin):
     0.574 because no move is corrected). That probability measures the local
     discretisation error, so the target controls the bias; set
     ``adapt_step_size=False`` and a small ``step_size`` for a fixed, known bias.
-    Diagonal preconditioning is learned as in :class:`MALA`.
+    Diagonal preconditioning is learned as in `MALA`.
 
     Args:
         model: a NumPyro model (exactly one of ``model`` and ``potential_fn``).

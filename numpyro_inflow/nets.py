@@ -2,19 +2,19 @@ r"""Flax networks for learned denoisers: an MLP for vectors and a small U-Net fo
 
 Both map a preconditioned input ``x`` ``(..., D)`` and a noise label ``c_noise`` ``(...)``
 to an output ``(..., D)`` (the $F_\theta$ of the EDM-style preconditioning in
-:mod:`numpyro_inflow.denoiser`).
+`numpyro_inflow.denoiser`).
 
 Why flax *linen* (and not nnx): a linen module is an immutable, hashable dataclass
 that only *describes* the computation, while its weights live in a separate plain
 pytree (``params``). That split is exactly what an equinox module wants: the
-:class:`~numpyro_inflow.denoiser.LearnedDenoiser` keeps the module as a static field
+`LearnedDenoiser` keeps the module as a static field
 and the weights as array leaves, so the trained score is an ordinary traced pytree
 (``jit``/``vmap``/``grad`` work on it, ``eqx.tree_serialise_leaves`` saves it) and the
 module's hyperparameters are its JSON configuration. nnx objects carry mutable state
 in the object itself and would need ``nnx.split``/``merge`` at every boundary.
 
 Time embedding: ``c_noise`` is an affine function of ``t`` in ``[0, 1]`` (see
-:func:`numpyro_inflow.denoiser.preconditioning`). It is embedded with sines and
+`numpyro_inflow.denoiser.preconditioning`). It is embedded with sines and
 cosines at fixed, geometrically spaced frequencies $1 \dots f_{\max}$, so the
 embedding is a deterministic function of the configuration (no random buffers).
 """
@@ -127,7 +127,7 @@ class UNet(nn.Module):
     Attributes:
         image_shape: ``(H, W, C)``; ``H`` and ``W`` divisible by ``2**(len(channels)-1)``.
         channels: channels per resolution, highest resolution first.
-        num_frequencies, max_frequency: time embedding (as for :class:`MLP`).
+        num_frequencies, max_frequency: time embedding (as for `MLP`).
         embed_width: width of the embedding MLP.
         output_scale: initial weight scale of the output convolution (0: zeros).
         dtype: parameter and computation dtype.
@@ -187,7 +187,7 @@ def build_network(architecture: str, dim: int, **hyperparameters) -> nn.Module:
     """Instantiate a registered network by name (``"mlp"`` or ``"unet"``).
 
     Args:
-        architecture: a key of :data:`NETWORKS`.
+        architecture: a key of `NETWORKS`.
         dim: data dimension ``D``; for ``"unet"`` it must equal ``H * W * C``
             (``image_shape`` defaults to a square single-channel image of side
             ``sqrt(D)``).

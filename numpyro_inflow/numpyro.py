@@ -1,25 +1,25 @@
 r"""Inflationary flows as NumPyro objects: a transform, a distribution and a reparameterizer.
 
-Three ways to use a trained (or oracle) :class:`~numpyro_inflow.InflationaryFlow` as a
+Three ways to use a trained (or oracle) `InflationaryFlow` as a
 prior in a NumPyro model:
 
-* :class:`InflationaryFlowDistribution` (also ``flow.prior()``): a distribution over
+* `InflationaryFlowDistribution` (also ``flow.prior()``): a distribution over
   data space. ``numpyro.sample("x", flow.prior())`` works without any handler; NUTS
   then moves in data space and evaluates $\log q(x)$ by one augmented ODE solve
   per gradient (the instantaneous change of variables, DESIGN.md §2).
-* :class:`LatentReparam`: with ``numpyro.handlers.reparam(config={"x": LatentReparam()})``
+* `LatentReparam`: with ``numpyro.handlers.reparam(config={"x": LatentReparam()})``
   NUTS samples the flow's latent instead (``k``-dimensional for PR-reducing flows) and
   ``x`` becomes the decoded point, a deterministic site. No density and no Jacobian
   is needed, so each gradient is one plain decode solve; the latent posterior is
   also much better conditioned. This is the fast path.
-* :class:`InflationaryFlowTransform` / :class:`ReducedLatentTransform`: the underlying
+* `InflationaryFlowTransform` / `ReducedLatentTransform`: the underlying
   NumPyro transforms (latent -> data), usable in ``TransformedDistribution`` and
   anywhere NumPyro takes a ``Transform``.
 
 Failed ODE solves (step limit reached, non-finite state) never crash a NumPyro run:
 the distribution and the reparameterizer rebuild the flow with ``throw=False``, so a
 failure turns the log-density into $-\infty$ and the proposal is rejected like
-a divergence. Count such events with :class:`SolveFailureCounter`.
+a divergence. Count such events with `SolveFailureCounter`.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def _host_record(n_failed) -> None:
 
 
 def _record_failures(failed: jax.Array) -> None:
-    """Report ``sum(failed)`` failed solves to every active :class:`SolveFailureCounter`.
+    """Report ``sum(failed)`` failed solves to every active `SolveFailureCounter`.
 
     The host callback runs only when something failed (under ``vmap`` the ``cond``
     becomes a ``select`` and it runs for every batch element, reporting 0 or more).
@@ -72,8 +72,8 @@ def _record_failures(failed: jax.Array) -> None:
 class SolveFailureCounter:
     """Context manager counting failed ODE solves inside NumPyro objects of this module.
 
-    Every log-density or decode evaluation of an :class:`InflationaryFlowDistribution`
-    or a :class:`LatentReparam` site whose solve fails (step limit reached, non-finite
+    Every log-density or decode evaluation of an `InflationaryFlowDistribution`
+    or a `LatentReparam` site whose solve fails (step limit reached, non-finite
     state) adds one per failed point while a counter is active. Under NUTS such an
     evaluation has log-density $-\\infty$, so the proposal is rejected and the
     trajectory is marked divergent; the count says how many of the divergences came
@@ -160,7 +160,7 @@ class _FlowTransformBase(Transform):
 
     @property
     def flow(self) -> InflationaryFlow:
-        """The wrapped :class:`~numpyro_inflow.InflationaryFlow`."""
+        """The wrapped `InflationaryFlow`."""
         return eqx.combine(self._params, self._static)
 
     def tree_flatten(self):
@@ -187,23 +187,23 @@ class InflationaryFlowTransform(_FlowTransformBase):
     r"""The flow's decoder as a NumPyro bijection: latent $z \in R^D$ -> data $x$.
 
     ``__call__`` decodes (integrates the pfODE ``T -> 0``), ``inv``/``_inverse`` encodes.
-    :meth:`call_with_intermediates` returns the decoded point together with
+    `call_with_intermediates` returns the decoded point together with
     $\log|\det\partial x/\partial z|$ from the same augmented solve, which
-    :meth:`log_abs_det_jacobian` reuses, so a ``TransformedDistribution`` sample and its
+    `log_abs_det_jacobian` reuses, so a ``TransformedDistribution`` sample and its
     log-density cost one solve. Without intermediates the log-det comes from one
     augmented encode solve of ``y``: $-\log|\det \partial z/\partial x|$.
 
     For a PR-reducing flow this is the map of the full ``D``-dimensional latent, whose
     squeezed coordinates have the tiny base variances $\epsilon_i$; its log-det is a
     valid Jacobian (of the $\epsilon$-regularised density). Use
-    :class:`ReducedLatentTransform` for the ``k``-dimensional latent.
+    `ReducedLatentTransform` for the ``k``-dimensional latent.
 
     The transform is a pytree: the flow's arrays are leaves and the rest is static aux
     data, so it works under ``jit``/``vmap``/``grad`` and can be passed to and returned
     from jitted functions. Failed solves raise or give NaN according to ``flow.throw``.
 
     Args:
-        flow: an :class:`~numpyro_inflow.InflationaryFlow`.
+        flow: an `InflationaryFlow`.
 
     Raises:
         ValueError: if ``flow`` is not an ``InflationaryFlow``.
@@ -244,7 +244,7 @@ class InflationaryFlowTransform(_FlowTransformBase):
         Args:
             x: latent points ``(..., D)``.
             y: their decoded data points ``(..., D)``.
-            intermediates: the log-det returned by :meth:`call_with_intermediates`;
+            intermediates: the log-det returned by `call_with_intermediates`;
                 when ``None`` it is recomputed from ``y`` by one augmented encode solve.
         """
         if intermediates is not None:
@@ -271,19 +271,19 @@ class ReducedLatentTransform(_FlowTransformBase):
     r"""The decoder of a PR-reducing flow from its reduced latent: $R^k \to R^D$.
 
     ``__call__`` decodes ``z_k`` with the squeezed latent coordinates set to zero
-    (:meth:`~numpyro_inflow.InflationaryFlow.from_latent`); its image is a
+    (`from_latent`); its image is a
     ``k``-dimensional surface in data space. ``_inverse`` is the left inverse
-    :meth:`~numpyro_inflow.InflationaryFlow.to_latent` (encode, keep the first ``k``
+    `to_latent` (encode, keep the first ``k``
     coordinates): exact on the surface, a projection off it.
 
     Semantics: this map is **not a bijection** of $R^D$, so it has no Jacobian
-    determinant and :meth:`log_abs_det_jacobian` raises. Distributions over data space
+    determinant and `log_abs_det_jacobian` raises. Distributions over data space
     built from it would be singular (supported on a ``k``-dimensional set); use it to
-    push latent samples forward (:class:`LatentReparam` does exactly this) or take the
-    $\epsilon$-regularised full density of :class:`InflationaryFlowTransform`.
+    push latent samples forward (`LatentReparam` does exactly this) or take the
+    $\epsilon$-regularised full density of `InflationaryFlowTransform`.
 
     Args:
-        flow: an :class:`~numpyro_inflow.InflationaryFlow` (PR-reducing or not; for a
+        flow: an `InflationaryFlow` (PR-reducing or not; for a
             PR-preserving flow ``k = D`` and this equals the full decoder).
 
     Raises:
@@ -336,11 +336,11 @@ class InflationaryFlowDistribution(dist.Distribution):
 
     Used as ``numpyro.sample("x", flow.prior())`` without any handler, NUTS works in data
     space with this density (support ``real_vector``, identity transform); this is
-    correct but slower than :class:`LatentReparam` (see the tutorial for numbers).
+    correct but slower than `LatentReparam` (see the tutorial for numbers).
 
     Robustness: with ``robust=True`` (default) the flow is rebuilt with
     ``throw=False`` and a failed solve gives ``log_prob = -inf`` (a NaN sample when
-    sampling); failures are counted by an active :class:`SolveFailureCounter`.
+    sampling); failures are counted by an active `SolveFailureCounter`.
 
     PR-reducing flows: their data-space density concentrates on a ``k``-dimensional set
     with widths $\sqrt{\epsilon_i}$ (tiny), a geometry that samplers in data space
@@ -348,11 +348,11 @@ class InflationaryFlowDistribution(dist.Distribution):
     the intended use is ``LatentReparam``, which needs no density. Sampling always works.
 
     Args:
-        flow: an :class:`~numpyro_inflow.InflationaryFlow` of dimension ``D``.
+        flow: an `InflationaryFlow` of dimension ``D``.
         robust: rebuild the flow with ``throw=False`` (see above).
         regularized_density: allow ``log_prob`` for PR-reducing flows (the
             $\epsilon$-regularised density of
-            :meth:`~numpyro_inflow.InflationaryFlow.log_prob`).
+            `log_prob`).
         trace_key: a fixed PRNG key for Hutchinson probes when the flow estimates the
             divergence stochastically (``trace="hutchinson"``, or ``"auto"`` with
             ``D > 16``). The same probes are used at every evaluation, so the density is
@@ -467,7 +467,7 @@ class InflationaryFlowDistribution(dist.Distribution):
 
 # ---------------------------------------------------------------------- the reparameterizer
 class LatentReparam(Reparam):
-    r"""Sample an :class:`InflationaryFlowDistribution` site in the flow's latent space.
+    r"""Sample an `InflationaryFlowDistribution` site in the flow's latent space.
 
     ``numpyro.handlers.reparam(model, config={"x": LatentReparam()})`` replaces the site
     ``x`` by a standard-normal latent site ``"x_latent"`` and makes ``x`` the decoded
@@ -487,7 +487,7 @@ class LatentReparam(Reparam):
     Failed solves: with ``robust=True`` (inherited from the distribution) a failed decode
     gives a NaN site value and a ``numpyro.factor`` ``"<name>_solve_failed"`` of
     $-\infty$, so the proposal is rejected like a divergence; active
-    :class:`SolveFailureCounter` objects count it.
+    `SolveFailureCounter` objects count it.
 
     Args:
         reduced: use the ``k``-dimensional latent of a PR-reducing flow.
@@ -495,7 +495,7 @@ class LatentReparam(Reparam):
 
     Raises:
         ValueError: at an observed site or a site whose distribution is not an
-            :class:`InflationaryFlowDistribution`.
+            `InflationaryFlowDistribution`.
 
     Example:
         >>> import numpyro

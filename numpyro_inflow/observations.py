@@ -9,11 +9,11 @@ inside any NumPyro model::
         x = numpyro.sample("x", flow.prior())
         obs("y", x, obs=y)
 
-or let :func:`inverse_problem` build that model (with :class:`~numpyro_inflow.LatentReparam`
+or let `inverse_problem` build that model (with `LatentReparam`
 and all checks) for you. Linear operators are stored as explicit matrices
 ``(M, D)``, which keeps them exact, differentiable and cheap for the dimensions a
 pfODE prior handles; they also give closed-form Gaussian posteriors
-(:meth:`LinearGaussianObservation.gaussian_posterior`) for checking samplers.
+(`LinearGaussianObservation.gaussian_posterior`) for checking samplers.
 """
 
 from __future__ import annotations
@@ -146,9 +146,9 @@ class _GaussianObservation(eqx.Module):
 class LinearGaussianObservation(_GaussianObservation):
     r"""Linear forward operator with Gaussian noise, $y = A x + n$.
 
-    Build one directly from a matrix or with the constructors :meth:`mask`
-    (inpainting), :meth:`blur` (convolution), :meth:`random_projection` (compressed
-    sensing) and :meth:`downsample` (block averaging).
+    Build one directly from a matrix or with the constructors `mask`
+    (inpainting), `blur` (convolution), `random_projection` (compressed
+    sensing) and `downsample` (block averaging).
 
     Args:
         matrix: the operator ``A`` ``(M, D)``.
@@ -348,13 +348,13 @@ def inverse_problem(
     """A NumPyro model ``model(y=None)``: flow prior on ``x``, ``observation`` of ``x``.
 
     Args:
-        flow: an :class:`~numpyro_inflow.InflationaryFlow`.
-        observation: a :class:`LinearGaussianObservation` or
-            :class:`NonlinearGaussianObservation` whose input dimension is ``flow.dim``.
-        latent: sample ``x`` through :class:`~numpyro_inflow.LatentReparam` (the fast
+        flow: an `InflationaryFlow`.
+        observation: a `LinearGaussianObservation` or
+            `NonlinearGaussianObservation` whose input dimension is ``flow.dim``.
+        latent: sample ``x`` through `LatentReparam` (the fast
             path; site ``name + "_latent"``); ``False`` samples ``x`` in data space
             with the flow's density (PR-preserving flows only).
-        reduced: passed to :class:`~numpyro_inflow.LatentReparam`.
+        reduced: passed to `LatentReparam`.
         name: the prior site's name.
         obs_name: the observation site's name.
 

@@ -13,7 +13,7 @@ A saved flow is a directory with two files:
 
 ``weights.eqx``
     The arrays of the pair ``(schedule, score)``, written with
-    :func:`equinox.tree_serialise_leaves` (a plain sequence of ``.npy`` records in
+    `equinox.tree_serialise_leaves` (a plain sequence of ``.npy`` records in
     tree order). Equinox serialisation was chosen over orbax because a flow is an
     Equinox module, the file is a single small deterministic byte string (so a
     checksum can detect corruption), it needs no extra dependency or asynchronous
@@ -22,7 +22,7 @@ A saved flow is a directory with two files:
     instead of silently loaded. The solver objects are not in the weights: they are
     rebuilt from ``config.json``, which stays the single place to read or edit them.
 
-Writes are atomic (:func:`atomic_directory`): a reader sees either the complete old
+Writes are atomic (`atomic_directory`): a reader sees either the complete old
 directory or the complete new one, never a half-written one.
 
 Score classes are handled by a small registry mapping the class name to a pair
@@ -61,7 +61,7 @@ from .scores import EmpiricalScore, GaussianMixtureScore
 
 __all__ = ["FORMAT_VERSION", "atomic_directory", "load_flow", "read_config", "save_flow"]
 
-#: Version of the on-disk layout written by :func:`save_flow`.
+#: Version of the on-disk layout written by `save_flow`.
 FORMAT_VERSION = 1
 _FORMAT_NAME = "numpyro_inflow.InflationaryFlow"
 _CONFIG = "config.json"
@@ -329,16 +329,16 @@ def save_flow(flow: InflationaryFlow, path, overwrite: bool = False, metadata=No
     """Save ``flow`` to the directory ``path`` (see the module docstring for the layout).
 
     Args:
-        flow: The flow to save. Its score must be a :class:`GaussianMixtureScore`, an
-            :class:`EmpiricalScore` or a ``LearnedDenoiser``.
+        flow: The flow to save. Its score must be a `GaussianMixtureScore`, an
+            `EmpiricalScore` or a ``LearnedDenoiser``.
         path: Directory to create.
         overwrite: Replace an existing directory (only once the new one is complete).
         metadata: Optional JSON-serialisable dict stored under ``"metadata"`` in
             ``config.json``, for example training settings; read it back with
-            :func:`read_config`.
+            `read_config`.
 
     Returns:
-        The directory, as a :class:`~pathlib.Path`.
+        The directory, as a `Path`.
 
     Raises:
         ValueError: If ``path`` exists and ``overwrite`` is false, its parent does not
@@ -424,7 +424,7 @@ def read_config(path) -> dict:
     """Read and check the ``config.json`` of a saved flow (no arrays are loaded).
 
     Args:
-        path: A directory written by :func:`save_flow`.
+        path: A directory written by `save_flow`.
 
     Returns:
         The configuration dict (see the module docstring), including ``"metadata"``.
@@ -460,7 +460,7 @@ def read_config(path) -> dict:
 
 
 def load_flow(path) -> InflationaryFlow:
-    """Load a flow saved with :func:`save_flow` (or :meth:`InflationaryFlow.save`).
+    """Load a flow saved with `save_flow` (or `InflationaryFlow.save`).
 
     Every array is checked against the shape and dtype that ``config.json``
     implies, the number of arrays must match, and the weights file must match its

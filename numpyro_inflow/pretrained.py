@@ -1,7 +1,7 @@
 r"""Pretrained flows shipped inside the package: ``nif.pretrained("digits")``.
 
 The flows live in ``numpyro_inflow/pretrained/<name>/`` as saved by
-:func:`~numpyro_inflow.save_flow` (``config.json`` and ``weights.eqx``), so they load
+`save_flow` (``config.json`` and ``weights.eqx``), so they load
 offline with one call and are checked against their recorded SHA-256.
 
 =========  ==============================================================
@@ -17,7 +17,7 @@ images trained the flow (90 % for the weights, 10 % for the validation loss), th
 last 297 (``[1500:]``) are held out. Its quality numbers (energy distance to the
 held-out digits, classifier confidence, round-trip error) are in
 ``docs/benchmarks.md`` ("Digits prior") and in the ``metadata`` of its
-``config.json`` (:func:`~numpyro_inflow.read_config`). The flow is reproduced
+``config.json`` (`read_config`). The flow is reproduced
 (bit for bit on the same machine and library versions) by::
 
     python benchmarks/train_digits.py --ship prr16
@@ -43,7 +43,7 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     ),
 }
 
-#: Name loaded by :func:`pretrained` when none is given.
+#: Name loaded by `pretrained` when none is given.
 DEFAULT = "digits"
 
 
@@ -66,13 +66,13 @@ def _check_name(name) -> str:
 
 
 def pretrained_path(name: str = DEFAULT) -> Path:
-    """The directory of a shipped flow (readable with :func:`~numpyro_inflow.read_config`).
+    """The directory of a shipped flow (readable with `read_config`).
 
     Args:
-        name: a key of :func:`available`.
+        name: a key of `available`.
 
     Returns:
-        The directory, a :class:`~pathlib.Path` inside the installed package.
+        The directory, a `Path` inside the installed package.
 
     Raises:
         ValueError: for an unknown name (the message lists the available ones) or a
@@ -92,14 +92,14 @@ def pretrained(name: str = DEFAULT, **changes) -> InflationaryFlow:
     """Load a flow shipped with the package.
 
     Args:
-        name: a key of :func:`available` (``nif.pretrained.available()``); default
+        name: a key of `available` (``nif.pretrained.available()``); default
             ``"digits"``.
         **changes: constructor arguments to change on the loaded flow, passed to
-            :meth:`~numpyro_inflow.InflationaryFlow.replace` (for example a cheap
+            `replace` (for example a cheap
             fixed-step solver: ``solver=nif.ExponentialMultistep(), dt0=flow.t_end / 40``).
 
     Returns:
-        The :class:`~numpyro_inflow.InflationaryFlow` (as saved: adaptive Tsit5 with
+        The `InflationaryFlow` (as saved: adaptive Tsit5 with
         ``rtol = atol = 1e-5`` unless ``changes`` say otherwise).
 
     Raises:

@@ -85,7 +85,7 @@ def _g_vector(dim: int, keep: int | None, inflation_gap, g) -> np.ndarray:
 class InflationSchedule(eqx.Module):
     r"""Noise and scale schedule of an inflationary flow, in the data's eigenbasis.
 
-    Build one with :meth:`from_data` (from samples) or :meth:`from_moments` (from a
+    Build one with `from_data` (from samples) or `from_moments` (from a
     known mean and covariance). The default is the authors' reference schedule:
     isotropic starting noise $\gamma_0$ and a single global scale
     $s(t) = A_0/\sqrt{\lambda_1 + \gamma_*(t)}$. With ``proportional=True``
@@ -206,8 +206,8 @@ class InflationSchedule(eqx.Module):
     ) -> InflationSchedule:
         """Schedule from a mean ``(D,)`` and covariance ``(D, D)``.
 
-        Same arguments as :meth:`from_data`; useful with an exact oracle whose moments
-        are known (:meth:`GaussianMixtureScore.moments`).
+        Same arguments as `from_data`; useful with an exact oracle whose moments
+        are known (`GaussianMixtureScore.moments`).
         """
         mean = as_float_array(mean, "mean", min_ndim=1)
         cov = as_float_array(covariance, "covariance")

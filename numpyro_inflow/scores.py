@@ -5,9 +5,9 @@ at time ``t``, what is the posterior mean $D(w, t) = E[u_0 \mid w_t = w]$ of the
 clean point? Tweedie's formula turns it into the score,
 $\nabla \log p_t(w) = (D(w, t) - w)/\gamma(t)$.
 
-Two exact oracles live here: :class:`GaussianMixtureScore` (any mixture with full
+Two exact oracles live here: `GaussianMixtureScore` (any mixture with full
 covariances, for which the whole flow is known in closed form) and
-:class:`EmpiricalScore` (the kernel score of a finite data set). Learned denoisers
+`EmpiricalScore` (the kernel score of a finite data set). Learned denoisers
 (``numpyro_inflow.denoiser``) implement the same interface.
 """
 
@@ -27,7 +27,7 @@ __all__ = ["AbstractScore", "EmpiricalScore", "GaussianMixtureScore"]
 
 
 class AbstractScore(eqx.Module):
-    """Interface of every score/denoiser used by :class:`~numpyro_inflow.InflationaryFlow`."""
+    """Interface of every score/denoiser used by `InflationaryFlow`."""
 
     @property
     @abc.abstractmethod

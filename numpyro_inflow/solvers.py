@@ -1,6 +1,6 @@
 r"""Exponential integrators for the semi-linear pfODE, as diffrax solvers.
 
-The flow's vector field (:class:`~numpyro_inflow.PFODEField`) is semi-linear. In the
+The flow's vector field (`PFODEField`) is semi-linear. In the
 unscaled eigen coordinates $w = v/s(t)$ it reads, per direction $i$,
 
 $$\frac{dw_i}{dt} = c_i\,\bigl(w_i - D_i(w, t)\bigr), \qquad c_i = \frac{r_i}{2}$$
@@ -25,12 +25,12 @@ $$w(t_1) = e^{x} w(t_0) - (e^{x} - 1)\, D_0 - h\, x\varphi_2(x)\, D' .$$
 
 The solvers differ in how they get $D'$:
 
-* :class:`ExponentialEuler`: $D' = 0$; first order, one evaluation per step.
-* :class:`ExponentialMultistep`: $D'$ from the previous step's evaluation,
+* `ExponentialEuler`: $D' = 0$; first order, one evaluation per step.
+* `ExponentialMultistep`: $D'$ from the previous step's evaluation,
   $(D_0 - D_{-1})/(t_0 - t_{-1})$; second order with *one* evaluation per step
   (plus two before the first step), or third order (``order=3``) through two
   previous evaluations. Works on any grid (``StepTo``).
-* :class:`ExponentialMidpoint`: $D'$ from an exponential-Euler predictor to the
+* `ExponentialMidpoint`: $D'$ from an exponential-Euler predictor to the
   midpoint, $(D_{1/2} - D_0)/(h/2)$; second order, two evaluations per step,
   and adaptive (the difference from the exponential Euler step is its error
   estimate), so it works with ``diffrax.PIDController``.
@@ -52,7 +52,7 @@ Every solver here needs the term to be ``diffrax.ODETerm(PFODEField(...))`` (the
 flow builds it so); other terms raise ``ValueError`` when the solve is traced.
 Each class exposes ``evals_per_step`` (denoiser evaluations per step) and
 ``initial_evals`` (evaluations before the first step: 2 for
-:class:`ExponentialMultistep`, 0 otherwise), which the flow reads for its NFE count.
+`ExponentialMultistep`, 0 otherwise), which the flow reads for its NFE count.
 
 Example:
     >>> import jax.numpy as jnp
@@ -343,7 +343,7 @@ class ExponentialMidpoint(_AbstractExponentialSolver, diffrax.AbstractAdaptiveSo
     Two evaluations per step. The last term is the difference from the exponential
     Euler step and serves as the local error estimate, so this solver works with
     ``diffrax.PIDController`` (the default controller an
-    :class:`~numpyro_inflow.InflationaryFlow` builds for it) as well as with fixed grids.
+    `InflationaryFlow` builds for it) as well as with fixed grids.
     The log-density accumulator, if present, uses the midpoint rule
     $a_1 = a_0 + h\,\mathrm{div}_{1/2}$.
     """

@@ -1,9 +1,9 @@
-r"""Training learned denoisers: :func:`fit` turns data into an :class:`InflationaryFlow`.
+r"""Training learned denoisers: `fit` turns data into an `InflationaryFlow`.
 
 The loop in one paragraph: the data's eigenbasis fixes the schedule
-(:meth:`InflationSchedule.from_data` on the training split); a
-:class:`~numpyro_inflow.denoiser.LearnedDenoiser` is trained on the denoising
-score-matching loss (:func:`~numpyro_inflow.denoiser.denoising_loss`) with Adam,
+(`InflationSchedule.from_data` on the training split); a
+`LearnedDenoiser` is trained on the denoising
+score-matching loss (`denoising_loss`) with Adam,
 linear warm-up, cosine decay and gradient clipping; an exponential moving average
 (EMA) of the weights, with the ramped half-life of the authors' toy training
 (PAPER_NOTES §2.5), is the model returned. Batches are drawn with replacement from
@@ -11,7 +11,7 @@ the training split by a key folded with the step number, so a run is a pure func
 of its seed and settings: it is reproducible, it can stop and resume from a
 checkpoint with the same result, and it gives the same numbers (to float rounding)
 on one device or several. Steps run in compiled chunks (``lax.scan``), sharded over
-all visible devices along the batch axis with :mod:`jax.sharding`.
+all visible devices along the batch axis with `jax.sharding`.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ _META_FILE = "meta.json"
 
 @dataclasses.dataclass
 class TrainingHistory:
-    """What happened during :func:`fit`.
+    """What happened during `fit`.
 
     Attributes:
         loss: training loss of every completed step (raw weights, the batch drawn at
@@ -68,7 +68,7 @@ class TrainingHistory:
         stopped: ``None`` when all steps ran; otherwise why training stopped early.
         config: the training settings.
         raw_score: the denoiser with the last raw (not averaged) weights, for
-            diagnostics; the flow returned by :func:`fit` uses the EMA weights.
+            diagnostics; the flow returned by `fit` uses the EMA weights.
     """
 
     loss: np.ndarray
@@ -256,7 +256,7 @@ def fit(
         seed: seed of everything random (initialisation, split, batches, noise).
         inflation_gap: PR-reducing only (ignored when ``keep=None``): the constant
             gap ``IG`` of the squeezed directions, passed to
-            :meth:`InflationSchedule.from_data` like the next three. ``fit`` defaults
+            `InflationSchedule.from_data` like the next three. ``fit`` defaults
             to ``IG = 1``, not the schedule's ``None`` (the authors' "orig" exponents
             ``g_i = -k/(D-k)``): with the default budget, ``IG = 1`` closed 98 % of the
             energy-distance gap on circles with ``keep=1`` against 69 % for "orig",
@@ -269,7 +269,7 @@ def fit(
             ``end_ratio``, ``proportional``, ...).
         architecture: ``"mlp"`` (vectors) or ``"unet"`` (square images).
         network_kwargs: network hyperparameters (``width``, ``depth``, ...; see
-            :mod:`numpyro_inflow.nets`) and ``space`` (``"eigen"``/``"data"``).
+            `numpyro_inflow.nets`) and ``space`` (``"eigen"``/``"data"``).
         learning_rate: peak learning rate.
         warmup_steps: linear warm-up length (default 5 % of ``steps``).
         final_lr_fraction: the cosine decay ends at this fraction of the peak.
@@ -296,12 +296,12 @@ def fit(
         progress: show a progress bar (loss, validation loss, throughput, ETA).
         callback: called as ``callback(step, metrics)`` after every compiled chunk;
             returning ``False`` stops training (the current state is kept).
-        return_history: also return the :class:`TrainingHistory`.
-        flow_kwargs: keyword arguments of :class:`InflationaryFlow` (``rtol``,
+        return_history: also return the `TrainingHistory`.
+        flow_kwargs: keyword arguments of `InflationaryFlow` (``rtol``,
             ``solver``, ...).
 
     Returns:
-        The :class:`InflationaryFlow` whose score is the EMA denoiser, or
+        The `InflationaryFlow` whose score is the EMA denoiser, or
         ``(flow, history)`` with ``return_history=True``.
 
     Raises:
