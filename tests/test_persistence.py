@@ -315,3 +315,14 @@ def test_saving_is_deterministic(tmp_path, saved):
     a = json.loads((path / "config.json").read_text())
     b = json.loads((tmp_path / "again" / "config.json").read_text())
     assert a == b
+
+
+def test_unwritable_location_gives_a_clear_error_and_writes_nothing(tmp_path):
+    # A path under a regular file cannot be created (permissions cannot be used: tests may
+    # run as root); the error names the argument, and the file beside it is untouched.
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("user data")
+    with pytest.raises(ValueError, match="path"):
+        _gm_flow().save(blocker / "flow")
+    assert blocker.read_text() == "user data"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["not-a-dir"]
