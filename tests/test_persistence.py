@@ -323,6 +323,6 @@ def test_unwritable_location_gives_a_clear_error_and_writes_nothing(tmp_path):
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("user data")
     with pytest.raises(ValueError, match="path"):
-        _gm_flow().save(blocker / "flow")
+        _gm_flow()[0].save(blocker / "flow")
     assert blocker.read_text() == "user data"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["not-a-dir"]
