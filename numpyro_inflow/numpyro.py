@@ -163,6 +163,14 @@ class _FlowTransformBase(Transform):
         """The wrapped `InflationaryFlow`."""
         return eqx.combine(self._params, self._static)
 
+    @property
+    def domain(self):
+        return constraints.real_vector
+
+    @property
+    def codomain(self):
+        return constraints.real_vector
+
     def tree_flatten(self):
         return (self._params,), self._static
 
@@ -218,14 +226,6 @@ class InflationaryFlowTransform(_FlowTransformBase):
         >>> d.event_shape
         (2,)
     """
-
-    @property
-    def domain(self):
-        return constraints.real_vector
-
-    @property
-    def codomain(self):
-        return constraints.real_vector
 
     def __call__(self, x):
         return self.flow.decode(x)
@@ -289,14 +289,6 @@ class ReducedLatentTransform(_FlowTransformBase):
     Raises:
         ValueError: if ``flow`` is not an ``InflationaryFlow``.
     """
-
-    @property
-    def domain(self):
-        return constraints.real_vector
-
-    @property
-    def codomain(self):
-        return constraints.real_vector
 
     def __call__(self, x):
         return self.flow.from_latent(x)
