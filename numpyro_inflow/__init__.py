@@ -11,7 +11,7 @@ The layers, each importing only those above it in this list:
 - schedule, scores, flow, solvers: the engine (eigenbasis, denoisers, pfODE);
 - nets, denoiser, train, persistence, datasets, pretrained: learning and keeping flows;
 - numpyro, observations: the NumPyro objects and inverse-problem likelihoods;
-- kernels, calibration, coverage, diagnostics: inference and its checks.
+- kernels, laplace, calibration, coverage, diagnostics: inference and its checks.
 
 >>> import numpyro_inflow as nif
 >>> nif.InflationaryFlow.__name__
@@ -44,6 +44,7 @@ from .observations import LinearGaussianObservation, NonlinearGaussianObservatio
 
 # Inference and calibration
 from .kernels import MALA, ULA, LangevinState
+from .laplace import LatentLaplace, laplace_approximation, latent_map
 from .calibration import SBCResult, sbc
 from .coverage import TARPResult, central_coverage, hdr_coverage, plot_coverage, tarp
 from .diagnostics import Diagnosis, DiagnosticWarning, diagnose
@@ -85,11 +86,14 @@ __all__ = [
     "Diagnosis",
     "DiagnosticWarning",
     "LangevinState",
+    "LatentLaplace",
     "SBCResult",
     "TARPResult",
     "central_coverage",
     "diagnose",
     "hdr_coverage",
+    "laplace_approximation",
+    "latent_map",
     "plot_coverage",
     "sbc",
     "tarp",

@@ -515,19 +515,38 @@ class LatentReparam(Reparam):
                 f"(e.g. flow.prior()); got {type(base).__name__}"
             )
         flow = base.flow
-        dim, k = flow.dim, flow.latent_dim
-        n_latent = k if self.reduced else dim
+        n_latent = flow.latent_dim if self.reduced else flow.dim
         latent_fn = dist.Normal(jnp.zeros((), flow.schedule.eigenvalues.dtype), 1.0)
         latent_fn = latent_fn.expand((*expand_shape, n_latent)).to_event(event_dim)
         xi = numpyro.sample(name + self.latent_suffix, latent_fn)
-        if n_latent < dim:
-            pad = jnp.zeros((*jnp.shape(xi)[:-1], dim - n_latent), xi.dtype)
-            z = jnp.concatenate([xi, pad], axis=-1)
-        else:
-            z = xi * jnp.sqrt(flow.base_variance)
-        x = flow.decode(z)
-        if base.robust:
-            ok = _finite_rows((x, 1))
-            _record_failures(~ok)
-            numpyro.factor(f"{name}_solve_failed", jnp.where(ok, 0.0, -jnp.inf))
-        return None, x
+        return None, decode_standard_latent(base, xi, reduced=self.reduced, name=name)
+
+
+def decode_standard_latent(prior, xi, *, reduced: bool = True, name: str = "x") -> jax.Array:
+    r"""Decode a standardized latent ``xi`` inside a model, as `LatentReparam` does.
+
+    ``xi`` is ``(..., k)`` with ``reduced=True`` (the kept coordinates; the squeezed
+    ones are set to zero) or ``(..., D)`` with ``reduced=False`` (every coordinate,
+    scaled by $\sqrt{\text{base variance}}$); the result is the data point ``(..., D)``.
+    With a ``robust`` prior, a failed solve adds a ``numpyro.factor``
+    ``"<name>_solve_failed"`` of $-\infty$ and is counted by active
+    `SolveFailureCounter` objects.
+
+    Args:
+        prior: the `InflationaryFlowDistribution` (``flow.prior()``).
+        xi: standardized latent values.
+        reduced: whether ``xi`` holds only the ``k`` kept coordinates.
+        name: the site name used in the failure factor's name.
+    """
+    flow = prior.flow
+    if reduced and flow.latent_dim < flow.dim:
+        pad = jnp.zeros((*jnp.shape(xi)[:-1], flow.dim - flow.latent_dim), xi.dtype)
+        z = jnp.concatenate([xi, pad], axis=-1)
+    else:
+        z = xi * jnp.sqrt(flow.base_variance)
+    x = flow.decode(z)
+    if prior.robust:
+        ok = _finite_rows((x, 1))
+        _record_failures(~ok)
+        numpyro.factor(f"{name}_solve_failed", jnp.where(ok, 0.0, -jnp.inf))
+    return x

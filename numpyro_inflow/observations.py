@@ -359,15 +359,24 @@ def inverse_problem(
         obs_name: the observation site's name.
 
     Returns:
-        The model; call it with ``y`` (finite, shape ``(M,)``) to condition, or ``None``
-        to simulate.
+        The model ``model(y=None, laplace=None)``; call it with ``y`` (finite, shape
+        ``(M,)``) to condition, or ``None`` to simulate. With ``laplace`` (a
+        `LatentLaplace` from `laplace_approximation`, latent path only) the model
+        samples a whitened site ``name + "_white"`` $w$ with latent
+        $\\xi = \\text{loc} + L w$ and a ``numpyro.factor`` ``name + "_prior"`` that
+        restores the prior $N(0, I)$ on $\\xi$: the same posterior, in coordinates
+        where NUTS needs far fewer steps. ``name + "_latent"`` ($\\xi$) and ``name``
+        are then deterministic sites. Pass it as a model argument
+        (``mcmc.run(key, y, laplace=approx)``; with ``jit_model_args=True`` new
+        problems reuse the compiled sampler).
 
     Raises:
         ValueError: if the dimensions of ``flow`` and ``observation`` differ, if
             ``latent=False`` with a PR-reducing flow, or (when the model runs) if ``y``
             has the wrong shape or non-finite values.
     """
-    from .numpyro import LatentReparam  # same layer; imported here to keep modules independent
+    # same layer; imported here to keep the modules independent
+    from .numpyro import LatentReparam, decode_standard_latent
 
     observation.check_flow(flow)
     prior = flow.prior()
@@ -377,10 +386,41 @@ def inverse_problem(
             "degenerate; got latent=False"
         )
 
-    def model(y=None):
+    n_latent = flow.latent_dim if reduced else flow.dim
+
+    def plain(y=None):
         x = numpyro.sample(name, prior)
         return observation(obs_name, x, obs=y)
 
-    if latent:
-        return numpyro.handlers.reparam(model, config={name: LatentReparam(reduced=reduced)})
+    base = (
+        numpyro.handlers.reparam(plain, config={name: LatentReparam(reduced=reduced)})
+        if latent
+        else plain
+    )
+
+    def model(y=None, laplace=None):
+        if laplace is None:
+            return base(y)
+        if not latent:
+            raise ValueError(
+                "laplace: expected None with latent=False (it preconditions the latent)"
+            )
+        loc, scale = jnp.asarray(laplace.loc), jnp.asarray(laplace.scale_tril)
+        if loc.shape != (n_latent,) or scale.shape != (n_latent, n_latent):
+            raise ValueError(
+                f"laplace: expected loc ({n_latent},) and scale_tril ({n_latent}, {n_latent}); "
+                f"got {loc.shape} and {scale.shape}"
+            )
+        w = numpyro.sample(
+            name + "_white",
+            dist.Normal(jnp.zeros((), loc.dtype), 1.0).expand((n_latent,)).to_event(1),
+        )
+        xi = numpyro.deterministic(name + "_latent", loc + scale @ w)
+        # prior N(0, I) on xi; the affine map's Jacobian is constant, N(0, I) on w is removed
+        numpyro.factor(name + "_prior", 0.5 * (jnp.sum(w**2) - jnp.sum(xi**2)))
+        x = numpyro.deterministic(
+            name, decode_standard_latent(prior, xi, reduced=reduced, name=name)
+        )
+        return observation(obs_name, x, obs=y)
+
     return model

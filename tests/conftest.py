@@ -4,6 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from numpyro.diagnostics import effective_sample_size
+from scipy import stats
 
 import numpyro_inflow as nif
 
@@ -53,3 +55,52 @@ def gaussian_oracle(seed, dim, dtype=jnp.float32):
     return nif.GaussianMixtureScore(
         jnp.ones(1, dtype), jnp.asarray(mean[None], dtype), jnp.asarray(cov[None], dtype)
     )
+
+
+def exact_posterior(flow, matrix, noise_std, y):
+    """Posterior mixture of a mixture prior convolved with N(0, W diag(gamma(0)) W^T)."""
+    gm, sch = flow.score, flow.schedule
+    w = np.asarray(sch.eigenvectors, np.float64)
+    g0 = w @ np.diag(np.asarray(sch.gamma_start, np.float64)) @ w.T
+    a = np.asarray(matrix, np.float64)
+    r = np.diag(np.broadcast_to(np.asarray(noise_std, np.float64) ** 2, (a.shape[0],)))
+    rinv = np.linalg.inv(r)
+    y = np.asarray(y, np.float64)
+    logw, mus, covs = [], [], []
+    for pi, m, s in zip(
+        np.asarray(gm.weights, np.float64),
+        np.asarray(gm.means, np.float64),
+        np.asarray(gm.covariances, np.float64),
+        strict=True,
+    ):
+        c = s + g0
+        cov = np.linalg.inv(np.linalg.inv(c) + a.T @ rinv @ a)
+        mus.append(cov @ (np.linalg.solve(c, m) + a.T @ rinv @ y))
+        covs.append(cov)
+        logw.append(np.log(pi) + stats.multivariate_normal.logpdf(y, a @ m, a @ c @ a.T + r))
+    wts = np.exp(np.array(logw) - np.max(logw))
+    wts /= wts.sum()
+    mus, covs = np.array(mus), np.array(covs)
+    mean = wts @ mus
+    second = np.einsum("m,mij->ij", wts, covs + np.einsum("mi,mj->mij", mus, mus))
+    return wts, mean, second - np.outer(mean, mean)
+
+
+def check_moments(samples, mean, cov, extra_tol=0.02):
+    """Mean and covariance within Monte-Carlo error (ESS-based, 5 standard errors)."""
+    s = np.asarray(samples, np.float64).reshape(-1, samples.shape[-1])
+    ess = np.minimum(
+        effective_sample_size(
+            np.asarray(samples).reshape(1, *s.shape) if samples.ndim == 2 else np.asarray(samples)
+        ),
+        len(s),
+    )
+    sd = np.sqrt(np.diag(cov))
+    se_mean = sd / np.sqrt(ess)
+    np.testing.assert_array_less(np.abs(s.mean(0) - mean), 5 * se_mean + extra_tol)
+    emp = np.cov(s.T)
+    # se of a covariance entry ~ sqrt((S_ii S_jj + S_ij^2) / ess)
+    ess_min = ess.min()
+    se_cov = np.sqrt((np.outer(sd**2, sd**2) + cov**2) / ess_min)
+    np.testing.assert_array_less(np.abs(emp - cov), 5 * se_cov + extra_tol)
+    return ess
