@@ -23,8 +23,8 @@ For each flow it reports:
 Usage::
 
     python benchmarks/train_digits.py                 # full run (about 10 min on 2 cores)
-    python benchmarks/train_digits.py --ship prr16    # also ship prr16 as the package's
-                                                      # pretrained "digits" flow
+    python benchmarks/train_digits.py --ship prp prr16  # also ship them as the package's
+                                                        # "digits" and "digits-k16" flows
     python benchmarks/train_digits.py --quick         # smoke run (tiny network, few steps)
 
 Results: ``benchmarks/results/train_digits.json``, ``train_digits_samples.png``,
@@ -51,6 +51,7 @@ RESULTS = Path(__file__).parent / "results"
 PRETRAINED = Path(__file__).parent.parent / "numpyro_inflow" / "pretrained"
 N_TRAIN = 1500  # the rest of the 1,797 images (297) is the held-out test split
 CASES = {"prr16": 16, "prp": None, "prr8": 8, "prr32": 32}
+SHIPPED = {"prp": "digits", "prr16": "digits-k16"}  # case -> directory under pretrained/
 FULL = dict(steps=4000, batch_size=256, width=256, depth=2, learning_rate=2e-3)
 QUICK = dict(steps=100, batch_size=64, width=32, depth=1, learning_rate=2e-3)
 DEMO_STEPS = 40  # fixed steps of the ExponentialMultistep solver checked below
@@ -131,9 +132,11 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--ship",
-        default=None,
-        choices=sorted(CASES),
-        help="copy this case into numpyro_inflow/pretrained/digits/",
+        nargs="+",
+        default=[],
+        choices=sorted(SHIPPED),
+        help="copy these cases into numpyro_inflow/pretrained/ (prp -> digits, "
+        "prr16 -> digits-k16)",
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -315,15 +318,15 @@ def main(argv=None) -> int:
         )
     print(f"test digits: classifier confidence {results['test_classifier_confidence']:.3f}")
 
-    if args.ship:
-        dst = PRETRAINED / "digits"
-        tmp = PRETRAINED / ".digits.tmp"
+    for case in args.ship:
+        dst = PRETRAINED / SHIPPED[case]
+        tmp = PRETRAINED / f".{SHIPPED[case]}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(flows_dir / args.ship, tmp)
+        shutil.copytree(flows_dir / case, tmp)
         if dst.exists():
             shutil.rmtree(dst)
         tmp.replace(dst)
-        print(f"shipped {args.ship} to {dst}")
+        print(f"shipped {case} to {dst}")
     return 0
 
 

@@ -49,8 +49,9 @@ class LatentLaplace(NamedTuple):
     """A Gaussian approximation $N(\\text{loc}, L L^\\top)$ of a latent posterior.
 
     Attributes:
-        loc: the latent MAP $\\hat\\xi$, shape ``(n,)``.
-        scale_tril: lower-triangular $L$ ``(n, n)`` with $L L^\\top = H^{-1}$.
+        loc: the latent MAP $\\hat\\xi$, shape ``(n,)`` (``(B, n)`` for a batch).
+        scale_tril: lower-triangular $L$ ``(n, n)`` (``(B, n, n)``) with
+            $L L^\\top = H^{-1}$.
     """
 
     loc: jax.Array
@@ -61,9 +62,10 @@ def _check(flow, observation, y, steps, learning_rate, reduced):
     _check_flow(flow)
     observation.check_flow(flow)
     y = observation.check_observation(y)
-    if y.ndim != 1:
+    if y.ndim > 2:
         raise ValueError(
-            f"y: expected one observation of shape ({observation.output_dim},); got {y.shape}"
+            f"y: expected one observation ({observation.output_dim},) or a batch "
+            f"(B, {observation.output_dim}); got shape {y.shape}"
         )
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps: expected a positive integer; got {steps!r}")
@@ -80,8 +82,7 @@ def _decoder(flow, reduced: bool):
     return lambda xi: decode_standard_latent(prior, xi, reduced=reduced)
 
 
-@eqx.filter_jit
-def _map(flow, observation, y, init, steps, learning_rate, reduced):
+def _map_one(flow, observation, y, init, steps, learning_rate, reduced):
     decode = _decoder(flow, reduced)
 
     def potential(xi):
@@ -97,6 +98,12 @@ def _map(flow, observation, y, init, steps, learning_rate, reduced):
 
     (xi, _), _ = jax.lax.scan(step, (init, opt.init(init)), None, length=steps)
     return xi
+
+
+@eqx.filter_jit
+def _map(flow, observation, y, init, steps, learning_rate, reduced):
+    one = lambda y_, i_: _map_one(flow, observation, y_, i_, steps, learning_rate, reduced)  # noqa: E731
+    return jax.vmap(one)(y, init) if y.ndim == 2 else one(y, init)
 
 
 def latent_map(
@@ -115,7 +122,8 @@ def latent_map(
         flow: an `InflationaryFlow` (use a fixed-step solver for speed).
         observation: a `LinearGaussianObservation` or `NonlinearGaussianObservation`
             of dimension ``flow.dim``.
-        y: one observation ``(M,)``.
+        y: one observation ``(M,)`` or a batch ``(B, M)`` of independent problems
+            (solved together, vectorized).
         steps: Adam steps.
         learning_rate: Adam learning rate.
         init: starting latent (default: zeros, the prior's mode).
@@ -123,11 +131,11 @@ def latent_map(
             `LatentReparam`).
 
     Returns:
-        The standardized latent ``(n,)`` (``n = k`` if reduced, else ``D``); the data-space
+        The standardized latent ``(n,)`` or ``(B, n)`` (``n = k`` if reduced, else ``D``); the data-space
         estimate is ``flow.prior()``'s decode of it (``flow.from_latent`` when reduced).
 
     Raises:
-        ValueError: on mismatched dimensions, a non-finite or batched ``y``, or
+        ValueError: on mismatched dimensions, a non-finite ``y`` of more than two axes, or
             non-positive ``steps``/``learning_rate``.
 
     Example:
@@ -143,14 +151,20 @@ def latent_map(
         [0.8, -0.8]
     """
     y, n = _check(flow, observation, y, steps, learning_rate, reduced)
-    x0 = jnp.zeros((n,), y.dtype) if init is None else jnp.asarray(init, y.dtype)
-    if x0.shape != (n,):
-        raise ValueError(f"init: expected shape ({n},); got {x0.shape}")
+    shape = (*y.shape[:-1], n)
+    x0 = jnp.zeros(shape, y.dtype) if init is None else jnp.asarray(init, y.dtype)
+    if x0.shape != shape:
+        raise ValueError(f"init: expected shape {shape}; got {x0.shape}")
     return _map(flow, observation, y, x0, steps, float(learning_rate), bool(reduced))
 
 
 @eqx.filter_jit
 def _laplace_at(flow, observation, xi, reduced):
+    one = lambda v: _laplace_one(flow, observation, v, reduced)  # noqa: E731
+    return jax.vmap(one)(xi) if xi.ndim == 2 else one(xi)
+
+
+def _laplace_one(flow, observation, xi, reduced):
     decode = _decoder(flow, reduced)
     g = jax.jacrev(lambda v: observation.forward(decode(v)) / observation.noise_std)(xi)
     h = jnp.eye(xi.shape[0], dtype=xi.dtype) + g.T @ g

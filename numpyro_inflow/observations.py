@@ -366,7 +366,9 @@ def inverse_problem(
         $\\xi = \\text{loc} + L w$ and a ``numpyro.factor`` ``name + "_prior"`` that
         restores the prior $N(0, I)$ on $\\xi$: the same posterior, in coordinates
         where NUTS needs far fewer steps. ``name + "_latent"`` ($\\xi$) and ``name``
-        are then deterministic sites. Pass it as a model argument
+        are then deterministic sites. A batched approximation (``loc`` ``(B, n)``,
+        from a batch ``y`` ``(B, M)``) samples ``B`` independent problems in one run.
+        Pass it as a model argument
         (``mcmc.run(key, y, laplace=approx)``; with ``jit_model_args=True`` new
         problems reuse the compiled sampler).
 
@@ -406,16 +408,23 @@ def inverse_problem(
                 "laplace: expected None with latent=False (it preconditions the latent)"
             )
         loc, scale = jnp.asarray(laplace.loc), jnp.asarray(laplace.scale_tril)
-        if loc.shape != (n_latent,) or scale.shape != (n_latent, n_latent):
-            raise ValueError(
-                f"laplace: expected loc ({n_latent},) and scale_tril ({n_latent}, {n_latent}); "
-                f"got {loc.shape} and {scale.shape}"
+        if (
+            loc.ndim not in (1, 2)
+            or loc.shape[-1] != n_latent
+            or scale.shape
+            != (
+                *loc.shape,
+                n_latent,
             )
-        w = numpyro.sample(
-            name + "_white",
-            dist.Normal(jnp.zeros((), loc.dtype), 1.0).expand((n_latent,)).to_event(1),
-        )
-        xi = numpyro.deterministic(name + "_latent", loc + scale @ w)
+        ):
+            raise ValueError(
+                f"laplace: expected loc (n,) or (B, n) and scale_tril (..., n, n) with "
+                f"n = {n_latent}; got {loc.shape} and {scale.shape}"
+            )
+        white = dist.Normal(jnp.zeros((), loc.dtype), 1.0).expand(loc.shape)
+        w = numpyro.sample(name + "_white", white.to_event(loc.ndim))
+        xi = loc + jnp.einsum("...ij,...j->...i", scale, w)
+        xi = numpyro.deterministic(name + "_latent", xi)
         # prior N(0, I) on xi; the affine map's Jacobian is constant, N(0, I) on w is removed
         numpyro.factor(name + "_prior", 0.5 * (jnp.sum(w**2) - jnp.sum(xi**2)))
         x = numpyro.deterministic(

@@ -4,23 +4,22 @@ The flows live in ``numpyro_inflow/pretrained/<name>/`` as saved by
 `save_flow` (``config.json`` and ``weights.eqx``), so they load
 offline with one call and are checked against their recorded SHA-256.
 
-=========  ==============================================================
-name       flow
-=========  ==============================================================
-``digits`` sklearn's 8x8 digits in $[-1, 1]$ (64-D), PR-reducing with
-           ``k = 16`` kept directions (constant inflation gap 1), residual
-           MLP (width 256, depth 2) in eigen coordinates, 4,000 steps of 256
-=========  ==============================================================
+- ``"digits"`` (the default): sklearn's 8x8 digits in $[-1, 1]$ (64-D),
+  PR-preserving (64-D standard-normal latent), residual MLP (width 256, depth 2) in
+  eigen coordinates, 4,000 steps of 256. The prior for calibrated inverse problems.
+- ``"digits-k16"``: the same data and network, PR-reducing with ``k = 16`` kept
+  directions (constant inflation gap 1): a 16-D latent whose prior is a surface in
+  data space (held-out digits lie off it; see ``docs/limitations.md``).
 
 Training data and split: ``nif.datasets.load("digits", seed=0)``; the first 1,500
 images trained the flow (90 % for the weights, 10 % for the validation loss), the
 last 297 (``[1500:]``) are held out. Its quality numbers (energy distance to the
 held-out digits, classifier confidence, round-trip error) are in
 ``docs/benchmarks.md`` ("Digits prior") and in the ``metadata`` of its
-``config.json`` (`read_config`). The flow is reproduced
+``config.json`` (`read_config`). The flows are reproduced
 (bit for bit on the same machine and library versions) by::
 
-    python benchmarks/train_digits.py --ship prr16
+    python benchmarks/train_digits.py --ship prp prr16
 """
 
 from __future__ import annotations
@@ -38,6 +37,11 @@ _ROOT = Path(__file__).with_name("pretrained")
 _REGISTRY: dict[str, tuple[str, str]] = {
     "digits": (
         "digits",
+        "8x8 digits in [-1, 1] (64-D), PR-preserving, 64-D latent; "
+        "reproduce: python benchmarks/train_digits.py --ship prp",
+    ),
+    "digits-k16": (
+        "digits-k16",
         "8x8 digits in [-1, 1] (64-D), PR-reducing, k=16 latent; "
         "reproduce: python benchmarks/train_digits.py --ship prr16",
     ),
@@ -83,7 +87,7 @@ def pretrained_path(name: str = DEFAULT) -> Path:
         raise ValueError(
             f"name: the shipped flow {name!r} is missing from {str(path)!r}; the installation "
             "is incomplete (reinstall numpyro_inflow, or regenerate it with "
-            "`python benchmarks/train_digits.py --ship prr16`)"
+            "`python benchmarks/train_digits.py --ship prp prr16`)"
         )
     return path
 
@@ -110,7 +114,9 @@ def pretrained(name: str = DEFAULT, **changes) -> InflationaryFlow:
         >>> import numpyro_inflow as nif
         >>> flow = nif.pretrained("digits")
         >>> flow.dim, flow.latent_dim
-        (64, 16)
+        (64, 64)
+        >>> nif.pretrained("digits-k16").latent_dim
+        16
     """
     flow = load_flow(pretrained_path(name))
     return flow.replace(**changes) if changes else flow

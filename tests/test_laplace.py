@@ -65,6 +65,22 @@ def test_preconditioned_nuts_matches_mixture_posterior():
     check_moments(draws["x"], mean, cov)
 
 
+def test_batch_equals_one_by_one(gaussian_problem):
+    flow, obs, y = gaussian_problem
+    ys = jnp.stack([y, -y, 2 * y])
+    batch = nif.laplace_approximation(flow, obs, ys, steps=100)
+    assert batch.loc.shape == (3, 3) and batch.scale_tril.shape == (3, 3, 3)
+    for i in range(3):
+        one = nif.laplace_approximation(flow, obs, ys[i], steps=100)
+        np.testing.assert_allclose(batch.loc[i], one.loc, atol=1e-5)
+        np.testing.assert_allclose(batch.scale_tril[i], one.scale_tril, atol=1e-5)
+    # a batched model samples the three problems at once, each site with the batch shape
+    model = nif.inverse_problem(flow, obs)
+    mcmc = MCMC(NUTS(model), num_warmup=20, num_samples=10, progress_bar=False)
+    mcmc.run(jax.random.key(0), ys, laplace=batch)
+    assert mcmc.get_samples()["x"].shape == (10, 3, 3)
+
+
 def test_reduced_flow_has_k_dimensional_approximation():
     gm = gaussian_oracle(1, 3)
     flow = _flow(gm, keep=2)
@@ -78,7 +94,7 @@ def test_reduced_flow_has_k_dimensional_approximation():
 def test_bad_inputs_are_named(gaussian_problem):
     flow, obs, y = gaussian_problem
     with pytest.raises(ValueError, match="y: expected one observation"):
-        nif.latent_map(flow, obs, jnp.stack([y, y]))
+        nif.latent_map(flow, obs, jnp.stack([y, y])[None])
     with pytest.raises(ValueError, match="steps"):
         nif.latent_map(flow, obs, y, steps=0)
     with pytest.raises(ValueError, match="learning_rate"):
@@ -87,6 +103,8 @@ def test_bad_inputs_are_named(gaussian_problem):
         nif.latent_map(flow, obs, y, init=jnp.zeros(2))
     with pytest.raises(ValueError, match="y: expected finite"):
         nif.latent_map(flow, obs, jnp.array([jnp.nan, 0.0]))
+    with pytest.raises(ValueError, match="init: expected shape"):
+        nif.latent_map(flow, obs, jnp.stack([y, y]), init=jnp.zeros(3))
     bad = nif.LatentLaplace(jnp.zeros(2), jnp.eye(2))
     with pytest.raises(ValueError, match="laplace: expected loc"):
         nif.inverse_problem(flow, obs)(y, laplace=bad)
