@@ -153,10 +153,12 @@ def _build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser(
         "demo",
         help="run the end-to-end demo (python -m numpyro_inflow.demo)",
-        description="Run the end-to-end demo on an exact Gaussian-mixture flow, or with "
-        "--digits the digits inpainting demo; arguments after 'demo' go to the demo "
-        "(see 'inflow demo --help' and 'inflow demo --digits --help').",
-        epilog="examples:\n  inflow demo --out inflow-demo --quiet\n  inflow demo --digits --quick",
+        description="Run the end-to-end demo: inpainting a held-out digit with the shipped "
+        "digits prior and NUTS, plus a calibration check; with --oracle the exact "
+        "Gaussian-mixture flow demo. Arguments after 'demo' go to the demo "
+        "(see 'inflow demo --help' and 'inflow demo --oracle --help').",
+        epilog="examples:\n  inflow demo --out inflow-demo --quiet\n  inflow demo --quick\n"
+        "  inflow demo --oracle",
         formatter_class=fmt,
         add_help=False,
     )

@@ -1,4 +1,4 @@
-"""Smoke tests of the end-to-end demos (digits inpainting; the oracle demo) with tiny arguments."""
+"""Smoke tests of the end-to-end demos (digits inpainting, the default; the oracle demo)."""
 
 import json
 
@@ -11,21 +11,8 @@ def test_digits_demo_writes_report(tmp_path, capsys):
     out = tmp_path / "demo"
     out.mkdir()
     (out / "unrelated.txt").write_text("keep me")
-    args = [
-        "--digits",
-        "--out",
-        str(out),
-        "--quick",
-        "--quiet",
-        "--sbc",
-        "2",
-        "--coverage-digits",
-        "1",
-        "--warmup",
-        "10",
-        "--samples",
-        "10",
-    ]
+    args = ["--out", str(out), "--quick", "--quiet", "--coverage-digits", "2"]
+    args += ["--warmup", "10", "--samples", "10"]
     assert demo.main(args) == 0
     for name in (
         "summary.txt",
@@ -42,7 +29,9 @@ def test_digits_demo_writes_report(tmp_path, capsys):
     assert inp["missing_pixels"] == 16
     assert np.isfinite(inp["psnr_posterior_mean"])
     assert 0 <= inp["coverage_90_missing"] <= 1
-    assert summary["sbc"]["simulations"] == 2
+    assert inp["draws"] == 10 and np.isfinite(inp["psnr_latent_map"])
+    assert summary["coverage"]["digits"] == [1, 2]
+    assert 0 <= summary["coverage"]["coverage_90_missing"] <= 1
     assert str(out.resolve()) in capsys.readouterr().out
 
 
@@ -58,7 +47,7 @@ def test_psnr_against_closed_form():
 
 def test_oracle_demo_writes_report(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert demo.main(["--out", str(out), "-n", "40", "--grid", "40", "--quiet"]) == 0
+    assert demo.main(["--oracle", "--out", str(out), "-n", "40", "--grid", "40", "--quiet"]) == 0
     for name in ("flow.png", "log_density.png", "summary.json"):
         assert (out / name).stat().st_size > 0
     summary = json.loads((out / "summary.json").read_text())

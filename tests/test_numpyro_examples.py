@@ -1,6 +1,7 @@
-"""Smoke test of the hierarchical example with tiny arguments (slow: trains a flow)."""
+"""Smoke tests of the hierarchical example with tiny arguments (slow: trains a flow)."""
 
 import importlib.util
+import json
 import pathlib
 
 import pytest
@@ -8,14 +9,18 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
-def test_hierarchical_gmm_example_runs(tmp_path, capsys):
+def _example():
     spec = importlib.util.spec_from_file_location(
         "hierarchical_gmm", ROOT / "examples" / "hierarchical_gmm.py"
     )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    mod.main(
+    return mod
+
+
+@pytest.mark.slow
+def test_hierarchical_gmm_example_runs(tmp_path, capsys):
+    res = _example().main(
         [
             "--n-points",
             "10",
@@ -23,13 +28,38 @@ def test_hierarchical_gmm_example_runs(tmp_path, capsys):
             "50",
             "--train-points",
             "500",
+            "--steps",
+            "12",
             "--warmup",
             "10",
             "--samples",
             "10",
+            "--no-progress",
             "--out",
             str(tmp_path / "h.png"),
+            "--json",
+            str(tmp_path / "h.json"),
         ]
     )
     out = capsys.readouterr().out
-    assert "mixture weights" in out and "divergences" in out
+    assert "decode solver: ExponentialMultistep(3), 12 steps" in out
+    assert "mixture weights" in out and "coverage of 90% intervals" in out
+    assert "divergences" in out
+    saved = json.loads((tmp_path / "h.json").read_text())
+    assert len(saved["weights"]) == 3 and saved["nfe_per_solve"] == 14
+    assert 0 <= saved["latent_coverage"] <= 1 and saved == json.loads(json.dumps(res))
+    assert (tmp_path / "h.png").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, name",
+    [
+        (["--weights", "0.5", "0.5"], "--weights"),
+        (["--weights", "0.7", "0.7", "-0.4"], "--weights"),
+        (["--n-points", "0"], "--n-points"),
+        (["--steps", "-1"], "--steps"),
+    ],
+)
+def test_hierarchical_gmm_example_rejects_bad_arguments(argv, name):
+    with pytest.raises(ValueError, match=name):
+        _example().main(argv)
