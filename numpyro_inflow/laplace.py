@@ -147,8 +147,8 @@ def latent_map(
         >>> flow = nif.InflationaryFlow(nif.InflationSchedule.from_moments(*gm.moments()), gm)
         >>> obs = nif.LinearGaussianObservation(jnp.eye(2), 0.5)
         >>> xi = nif.latent_map(flow, obs, jnp.array([1.0, -1.0]), steps=300)
-        >>> [round(float(v), 2) for v in flow.decode(xi)]
-        [0.8, -0.8]
+        >>> tuple(round(float(v), 2) for v in flow.decode(xi))
+        (0.8, -0.8)
     """
     y, n = _check(flow, observation, y, steps, learning_rate, reduced)
     shape = (*y.shape[:-1], n)
