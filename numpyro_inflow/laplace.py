@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from .numpyro import _check_flow
+from .numpyro import _check_flow, decode_standard_latent
 
 __all__ = ["LatentLaplace", "laplace_approximation", "latent_map"]
 
@@ -77,8 +77,6 @@ def _check(flow, observation, y, steps, learning_rate, reduced):
 
 def _decoder(flow, reduced: bool):
     prior = flow.prior()
-    from .numpyro import decode_standard_latent
-
     return lambda xi: decode_standard_latent(prior, xi, reduced=reduced)
 
 

@@ -408,15 +408,8 @@ def inverse_problem(
                 "laplace: expected None with latent=False (it preconditions the latent)"
             )
         loc, scale = jnp.asarray(laplace.loc), jnp.asarray(laplace.scale_tril)
-        if (
-            loc.ndim not in (1, 2)
-            or loc.shape[-1] != n_latent
-            or scale.shape
-            != (
-                *loc.shape,
-                n_latent,
-            )
-        ):
+        expected = (*loc.shape[:-1], n_latent)
+        if loc.ndim not in (1, 2) or loc.shape != expected or scale.shape != (*expected, n_latent):
             raise ValueError(
                 f"laplace: expected loc (n,) or (B, n) and scale_tril (..., n, n) with "
                 f"n = {n_latent}; got {loc.shape} and {scale.shape}"
