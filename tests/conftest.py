@@ -1,5 +1,8 @@
 """Shared fixtures: small exact oracles that make the flow known in closed form."""
 
+import importlib.util
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,6 +35,15 @@ def random_mixture(seed, n_comp, dim, dtype=jnp.float32):
     return nif.GaussianMixtureScore(
         jnp.asarray(w / w.sum(), dtype), jnp.asarray(means, dtype), jnp.asarray(covs, dtype)
     )
+
+
+def load_example(name):
+    """Import ``examples/<name>.py`` as a module (the examples are scripts, not a package)."""
+    path = Path(__file__).resolve().parent.parent / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 @pytest.fixture

@@ -6,32 +6,24 @@ test) and after re-encoding, and the latent fraction must match the chi-square C
 written here in closed form (2 dof: 1 - exp(-r^2/2); 1 dof: erf(r/sqrt 2)).
 """
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
-
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "coverage_toy.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("coverage_toy", EXAMPLE)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from conftest import load_example
 
 
 def test_help(capsys):
     with pytest.raises(SystemExit) as exc:
-        _load().main(["--help"])
+        load_example("coverage_toy").main(["--help"])
     assert exc.value.code == 0
     assert "--flows" in capsys.readouterr().out
 
 
 def test_quick_oracle_run(tmp_path):
-    payload = _load().main(["--quick", "--cases", "circles_k1", "--out", str(tmp_path)])
+    payload = load_example("coverage_toy").main(
+        ["--quick", "--cases", "circles_k1", "--out", str(tmp_path)]
+    )
     on_disk = json.loads((tmp_path / "coverage_toy_quick.json").read_text())
     assert on_disk["results"].keys() == {"circles_k1"}
     for fig in ("boundaries", "curves", "roc"):

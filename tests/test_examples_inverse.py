@@ -8,32 +8,22 @@ control). The same holds for intervals read off posterior draws, the routine the
 samplers use.
 """
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import load_example
 from scipy import stats
 
 import numpyro_inflow as nif
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "inverse_problems.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("inverse_problems", EXAMPLE)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
 
 def test_help(capsys):
     with pytest.raises(SystemExit) as exc:
-        _load().main(["--help"])
+        load_example("inverse_problems").main(["--help"])
     assert exc.value.code == 0
     text = capsys.readouterr().out
     for opt in ("--problems", "--flow", "--test-digits", "--quick", "--results"):
@@ -51,7 +41,7 @@ def test_help(capsys):
 )
 def test_bad_arguments_name_the_option(argv, name, capsys):
     with pytest.raises(SystemExit) as exc:
-        _load().parse(argv)
+        load_example("inverse_problems").parse(argv)
     assert exc.value.code == 2
     assert name in capsys.readouterr().err
 
@@ -72,7 +62,7 @@ def _gaussian_world(mod, num_truths=300, seed=0):
 
 
 def test_gaussian_interval_coverage_controls():
-    mod = _load()
+    mod = load_example("inverse_problems")
     truths, means, covs, missing = _gaussian_world(mod)
     stds = np.sqrt(np.clip(np.diagonal(covs, axis1=1, axis2=2), 0, None))
     inside = mod.gaussian_inside(means, stds, truths, 0.9)
@@ -91,7 +81,7 @@ def test_gaussian_interval_coverage_controls():
 
 def test_sample_interval_coverage_controls():
     """Intervals from posterior draws (what the samplers report) behave the same way."""
-    mod = _load()
+    mod = load_example("inverse_problems")
     truths, means, covs, missing = _gaussian_world(mod, num_truths=150, seed=1)
     rng = np.random.default_rng(2)
     hits, narrow = [], []
@@ -106,7 +96,7 @@ def test_sample_interval_coverage_controls():
 
 
 def test_min_ess_is_large_for_independent_and_small_for_sticky_chains():
-    mod = _load()
+    mod = load_example("inverse_problems")
     rng = np.random.default_rng(0)
     iid = rng.normal(size=(400, 3))
     sticky = np.repeat(rng.normal(size=(20, 3)), 20, axis=0)  # each value held 20 steps
@@ -117,7 +107,7 @@ def test_min_ess_is_large_for_independent_and_small_for_sticky_chains():
 def test_quick_run_writes_files_and_sane_numbers(tmp_path):
     out = tmp_path / "out"
     prefix = tmp_path / "bench" / "ip"
-    payload = _load().main(
+    payload = load_example("inverse_problems").main(
         [
             "--quick",
             "--quiet",
@@ -153,6 +143,6 @@ def test_quick_run_writes_files_and_sane_numbers(tmp_path):
             assert m["min_ess_mean"] > 0 and math.isfinite(m["ess_per_second"])
     # 48 of 64 pixels are seen with noise 0.1: the posterior means must beat a blank image
     truth = np.asarray(nif.datasets.load("digits", seed=0))[1500]
-    blank = _load().psnr(np.zeros(64), truth)
+    blank = load_example("inverse_problems").psnr(np.zeros(64), truth)
     for name in ("flow_nuts", "gaussian", "latent_map"):
         assert rec["methods"][name]["psnr_mean"] > blank + 3.0, name

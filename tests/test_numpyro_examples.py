@@ -1,26 +1,13 @@
-"""Smoke tests of the hierarchical example with tiny arguments (slow: trains a flow)."""
+"""Smoke tests of the hierarchical example with tiny arguments (trains a tiny flow)."""
 
-import importlib.util
 import json
-import pathlib
 
 import pytest
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def _example():
-    spec = importlib.util.spec_from_file_location(
-        "hierarchical_gmm", ROOT / "examples" / "hierarchical_gmm.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from conftest import load_example
 
 
-@pytest.mark.slow
 def test_hierarchical_gmm_example_runs(tmp_path, capsys):
-    res = _example().main(
+    res = load_example("hierarchical_gmm").main(
         [
             "--n-points",
             "10",
@@ -62,4 +49,4 @@ def test_hierarchical_gmm_example_runs(tmp_path, capsys):
 )
 def test_hierarchical_gmm_example_rejects_bad_arguments(argv, name):
     with pytest.raises(ValueError, match=name):
-        _example().main(argv)
+        load_example("hierarchical_gmm").main(argv)
