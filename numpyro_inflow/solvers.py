@@ -156,6 +156,15 @@ def _propagate(field, t0, h, v0, d0, slope, curv=None) -> jax.Array:
     return sch.scale(t0 + h) * w1
 
 
+def _start(terms, t0, t1, y0, args):
+    """Common start of a step: field, start time and step in forward time, state, first eval."""
+    field, direction = _field_and_direction(terms)
+    ta = direction * t0
+    h = direction * t1 - ta
+    v0, acc0 = _unpack(field, y0)
+    return field, ta, h, v0, acc0, _Eval(field, ta, y0, args)
+
+
 def _pack(field, v, acc):
     return v if field.probes is None else (v, acc)
 
@@ -173,6 +182,10 @@ class _AbstractExponentialSolver(diffrax.AbstractSolver):
     )
     evals_per_step: ClassVar[int]
     initial_evals: ClassVar[int] = 0
+
+    def init(self, terms, t0, t1, y0, args):
+        _field_and_direction(terms)  # validates the terms; single-step solvers keep no state
+        return None
 
     def func(self, terms, t0, y0, args):
         return terms.vf(t0, y0, args)
@@ -194,17 +207,9 @@ class ExponentialEuler(_AbstractExponentialSolver):
     def order(self, terms):
         return 1
 
-    def init(self, terms, t0, t1, y0, args):
-        _field_and_direction(terms)
-        return None
-
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         del solver_state, made_jump
-        field, direction = _field_and_direction(terms)
-        ta, tb = direction * t0, direction * t1
-        h = tb - ta
-        v0, acc0 = _unpack(field, y0)
-        e0 = _Eval(field, ta, y0, args)
+        field, ta, h, v0, acc0, e0 = _start(terms, t0, t1, y0, args)
         v1 = _propagate(field, ta, h, v0, e0.d, None)
         acc1 = None if acc0 is None else acc0 + h * e0.div
         y1 = _pack(field, v1, acc1)
@@ -266,11 +271,7 @@ class ExponentialMultistep(_AbstractExponentialSolver):
         # Euler predictor to the first step's midpoint gives a history point there, so
         # the first step is a second-order 2S step instead of a first-order one (which
         # would cap the global order at 2, and whose error the flow amplifies).
-        field, direction = _field_and_direction(terms)
-        ta, tb = direction * t0, direction * t1
-        h = tb - ta
-        v0, acc0 = _unpack(field, y0)
-        e0 = _Eval(field, ta, y0, args)
+        field, ta, h, v0, acc0, e0 = _start(terms, t0, t1, y0, args)
         t_mid = ta + 0.5 * h
         v_mid = _propagate(field, ta, 0.5 * h, v0, e0.d, None)
         e_mid = _Eval(field, t_mid, _pack(field, v_mid, acc0), args)
@@ -285,13 +286,9 @@ class ExponentialMultistep(_AbstractExponentialSolver):
         )
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
-        field, direction = _field_and_direction(terms)
         ts, ds, divs, n_hist = solver_state
         n_hist = jnp.where(made_jump, 0, n_hist)
-        ta, tb = direction * t0, direction * t1
-        h = tb - ta
-        v0, acc0 = _unpack(field, y0)
-        e0 = _Eval(field, ta, y0, args)
+        field, ta, h, v0, acc0, e0 = _start(terms, t0, t1, y0, args)
 
         def coeffs(f0, fs):
             # Newton divided differences over (ta, ts[0], ts[1]) with safe denominators
@@ -353,24 +350,16 @@ class ExponentialMidpoint(_AbstractExponentialSolver, diffrax.AbstractAdaptiveSo
     def order(self, terms):
         return 2
 
-    def init(self, terms, t0, t1, y0, args):
-        _field_and_direction(terms)
-        return None
-
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         del solver_state, made_jump
-        field, direction = _field_and_direction(terms)
-        ta, tb = direction * t0, direction * t1
-        h = tb - ta
-        v0, acc0 = _unpack(field, y0)
-        e0 = _Eval(field, ta, y0, args)
+        field, ta, h, v0, acc0, e0 = _start(terms, t0, t1, y0, args)
         v_mid = _propagate(field, ta, 0.5 * h, v0, e0.d, None)
         e_mid = _Eval(field, ta + 0.5 * h, _pack(field, v_mid, acc0), args)
         half = jnp.where(h == 0, 1.0, 0.5 * h)  # a zero-length step has a zero slope term
         slope = (e_mid.d - e0.d) / half
         v1 = _propagate(field, ta, h, v0, e0.d, slope)
         x = 0.5 * field.schedule.rates * h
-        v_err = field.schedule.scale(tb) * h * _xphi(2, x) * slope
+        v_err = field.schedule.scale(ta + h) * h * _xphi(2, x) * slope
         if acc0 is None:
             y1, y_err = v1, v_err
         else:
