@@ -178,6 +178,15 @@ def hdr_coverage(
     return _table(rows, alpha)
 
 
+def _figure_axes(ax):
+    """The given Axes and its Figure, or a new square 4x4-inch pair."""
+    if ax is not None:
+        return ax.figure, ax
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(4, 4))
+
+
 def plot_coverage(table, ax=None, title: str | None = None):
     """Calibration curve: empirical against nominal coverage with 95% intervals.
 
@@ -189,12 +198,7 @@ def plot_coverage(table, ax=None, title: str | None = None):
     Returns:
         The matplotlib Figure.
     """
-    import matplotlib.pyplot as plt
-
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(4, 4))
-    else:
-        fig = ax.figure
+    fig, ax = _figure_axes(ax)
     ax.plot([0, 1], [0, 1], color="0.5", lw=0.8, ls="--", label="nominal")
     for name, grp in table.groupby("quantity", sort=False):
         x = grp["level"].to_numpy()
@@ -244,12 +248,7 @@ class TARPResult:
         Returns:
             The matplotlib Figure.
         """
-        import matplotlib.pyplot as plt
-
-        if ax is None:
-            fig, ax = plt.subplots(figsize=(4, 4))
-        else:
-            fig = ax.figure
+        fig, ax = _figure_axes(ax)
         n = self.f.size
         lo = stats.binom.ppf(0.025, n, self.alpha_grid) / n
         hi = stats.binom.ppf(0.975, n, self.alpha_grid) / n
