@@ -437,7 +437,7 @@ def digits_main(argv=None) -> int:
 
 
 def oracle_main(argv=None) -> int:
-    """The oracle demo (the default): an exact Gaussian-mixture flow on a 2-D ring."""
+    """The oracle demo (``--oracle``): an exact Gaussian-mixture flow on a 2-D ring."""
     parser = argparse.ArgumentParser(
         prog="inflow demo --oracle",
         epilog="Without --oracle, the digits inpainting demo runs (`inflow demo --help`).",

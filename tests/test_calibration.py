@@ -100,12 +100,12 @@ def test_sbc_many_simulations(kernel):
     # Family-wise level 0.01: at 0.05 a calibrated sampler fails one run in twenty. With
     # seed 7 both kernels see the same simulated truths, and theta[0]'s KS p-value was
     # 0.032 (NUTS) and 0.014 (MALA): the low value comes from the draws, not the kernel.
-    res = nif.sbc(
+    run = functools.partial(
+        nif.sbc,
         linear_gaussian,
         jax.random.key(7),
         observed="y",
         kernel=kernel,
-        derived=DERIVED,
         num_simulations=200,
         num_warmup=300,
         num_samples=300,
@@ -113,21 +113,10 @@ def test_sbc_many_simulations(kernel):
         progress_bar=False,
         alpha=0.01,
     )
+    res = run(derived=DERIVED)
     assert res.passed, res.summary()
     wrong = functools.partial(linear_gaussian, noise=0.35)  # a milder misspecification
-    bad = nif.sbc(
-        linear_gaussian,
-        jax.random.key(7),
-        observed="y",
-        kernel=kernel,
-        fit_model=wrong,
-        num_simulations=200,
-        num_warmup=300,
-        num_samples=300,
-        batch_size=50,
-        progress_bar=False,
-        alpha=0.01,
-    )
+    bad = run(fit_model=wrong)
     assert not bad.passed
 
 
