@@ -310,7 +310,7 @@ def circles_flow(path, train: dict = CIRCLES_TRAIN) -> tuple[nif.InflationaryFlo
 
     path = pathlib.Path(path)
     if path.exists():
-        flow = nif.InflationaryFlow.load(path)
+        flow = nif.load_flow(path)
         if flow.dim != 2 or flow.latent_dim != 2:
             raise ValueError(f"--circles-flow: expected a 2-D PR-preserving flow at {path}")
         return flow, dict(read_config(path).get("metadata", {}), path=str(path), trained=False)

@@ -118,7 +118,7 @@ def flow_problem():
     H = jnp.array([[1.0, 0.5]])
 
     def model(y=None):
-        x = numpyro.sample("x", flow.prior())
+        x = numpyro.sample("x", nif.InflationaryFlowDistribution(flow))
         numpyro.sample("y", dist.Normal(H @ x, 0.3).to_event(1), obs=y)
 
     return model, jnp.array([0.4])

@@ -247,7 +247,7 @@ def main(argv=None) -> int:
         row, arr, flow = run_case(name, CASES[name], args)
         if flows_dir is not None:
             Path(flows_dir).mkdir(parents=True, exist_ok=True)
-            flow.save(Path(flows_dir) / name, overwrite=True)
+            nif.save_flow(flow, Path(flows_dir) / name, overwrite=True)
             row["flow_dir"] = os.path.relpath(Path(flows_dir) / name, RESULTS.parent.parent)
         rows.append(row)
         plot_case(row, arr, RESULTS / f"{stem}_{name}.png")

@@ -104,7 +104,7 @@ def oracle_flow(x: np.ndarray, keep: int | None, n_components: int, seed: int = 
 
 def get_flow(name: str, spec: dict, args):
     if args.flows:
-        return nif.InflationaryFlow.load(Path(args.flows) / name)
+        return nif.load_flow(Path(args.flows) / name)
     x = nif.datasets.load(spec["data"], n=args.n_train, seed=1)
     if args.oracle:
         return oracle_flow(x, spec["keep"], args.oracle_components)

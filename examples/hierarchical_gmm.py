@@ -88,7 +88,7 @@ def decode_error(flow, ref, z) -> tuple[float, float]:
 
 def get_flow(args):
     if args.flow:
-        flow = nif.InflationaryFlow.load(args.flow)
+        flow = nif.load_flow(args.flow)
     else:
         x = nif.datasets.load("circles", n=args.train_points, seed=0)
         flow = nif.fit(

@@ -295,6 +295,18 @@ class InflationaryFlow(eqx.Module):
         """Variances of the latent base ``N(0, diag(base_variance))`` (see the schedule)."""
         return self.schedule.base_variance
 
+    @property
+    def dtype(self):
+        """Floating-point dtype of the flow's arrays (the data's dtype at construction)."""
+        return self.schedule.eigenvalues.dtype
+
+    @property
+    def needs_trace_key(self) -> bool:
+        """Whether `log_prob` needs a PRNG ``key`` (Hutchinson trace estimation)."""
+        return not (
+            self.trace == "exact" or (self.trace == "auto" and self.dim <= _EXACT_TRACE_MAX_DIM)
+        )
+
     def replace(self, **changes) -> InflationaryFlow:
         """A copy with some constructor arguments changed, e.g. ``flow.replace(throw=False)``."""
         kwargs = dict(
@@ -375,10 +387,7 @@ class InflationaryFlow(eqx.Module):
 
     # ------------------------------------------------------------------ batching
     def _probes_for(self, batch_shape, key, dtype):
-        use_exact = self.trace == "exact" or (
-            self.trace == "auto" and self.dim <= _EXACT_TRACE_MAX_DIM
-        )
-        if use_exact:
+        if not self.needs_trace_key:
             return None
         if key is None:
             raise ValueError(
@@ -469,6 +478,20 @@ class InflationaryFlow(eqx.Module):
         pad = jnp.zeros((*z_k.shape[:-1], self.dim - self.latent_dim), z_k.dtype)
         return self.decode(jnp.concatenate([z_k, pad], axis=-1))
 
+    def decode_standardized(self, xi, *, reduced: bool = True) -> jax.Array:
+        r"""Decode a *standardized* latent $\xi$ (every coordinate ``N(0, 1)`` under the base).
+
+        With ``reduced=True``, ``xi`` is ``(..., k)``: the kept coordinates, decoded with
+        the squeezed ones set to zero (`from_latent`). With ``reduced=False``, ``xi`` is
+        ``(..., D)`` and is scaled by $\sqrt{\text{base variance}}$ first, so that
+        $\xi \sim N(0, I_D)$ decodes to a draw of the flow. Samplers that move in the
+        latent (NumPyro reparameterizers, the Laplace approximation) use this map.
+        """
+        if reduced:
+            return self.from_latent(xi)
+        xi = event_input(xi, "xi", self.dim)
+        return self.decode(xi * jnp.sqrt(self.base_variance))
+
     def sample_latent(self, key: jax.Array, sample_shape=()) -> jax.Array:
         """Draws ``sample_shape + (D,)`` from the latent base (squeezed directions included)."""
         shape = (*tuple(sample_shape), self.dim)
@@ -478,30 +501,6 @@ class InflationaryFlow(eqx.Module):
     def sample(self, key: jax.Array, sample_shape=()) -> jax.Array:
         """Draws ``sample_shape + (D,)`` from the flow: base draws, decoded."""
         return self.decode(self.sample_latent(key, sample_shape))
-
-    # ------------------------------------------------------------------ persistence / NumPyro
-    def save(self, path, *, overwrite: bool = False) -> None:
-        """Save the flow to a versioned directory (see `numpyro_inflow.persistence`).
-
-        Refuses to overwrite an existing path unless ``overwrite=True``; writes atomically.
-        """
-        from .persistence import save_flow  # persistence knows every score type
-
-        save_flow(self, path, overwrite=overwrite)
-
-    @classmethod
-    def load(cls, path) -> InflationaryFlow:
-        """Load a flow saved with `save`."""
-        from .persistence import load_flow
-
-        return load_flow(path)
-
-    def prior(self, **kwargs):
-        """This flow as a NumPyro distribution over data space
-        (`InflationaryFlowDistribution`)."""
-        from .numpyro import InflationaryFlowDistribution
-
-        return InflationaryFlowDistribution(self, **kwargs)
 
 
 def _flatten(a, dim):

@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from .numpyro import _check_flow, decode_standard_latent
+from .numpyro import InflationaryFlowDistribution, _check_flow, decode_standard_latent
 
 __all__ = ["LatentLaplace", "laplace_approximation", "latent_map"]
 
@@ -76,7 +76,7 @@ def _check(flow, observation, y, steps, learning_rate, reduced):
 
 
 def _decoder(flow, reduced: bool):
-    prior = flow.prior()
+    prior = InflationaryFlowDistribution(flow)
     return lambda xi: decode_standard_latent(prior, xi, reduced=reduced)
 
 
@@ -130,7 +130,7 @@ def latent_map(
 
     Returns:
         The standardized latent ``(n,)`` or ``(B, n)`` (``n = k`` if reduced, else ``D``); the data-space
-        estimate is ``flow.prior()``'s decode of it (``flow.from_latent`` when reduced).
+        estimate is the prior's decode of it (``flow.from_latent`` when reduced).
 
     Raises:
         ValueError: on mismatched dimensions, a non-finite ``y`` of more than two axes, or

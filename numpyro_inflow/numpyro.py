@@ -3,8 +3,8 @@ r"""Inflationary flows as NumPyro objects: a transform, a distribution and a rep
 Three ways to use a trained (or oracle) `InflationaryFlow` as a
 prior in a NumPyro model:
 
-* `InflationaryFlowDistribution` (also ``flow.prior()``): a distribution over
-  data space. ``numpyro.sample("x", flow.prior())`` works without any handler; NUTS
+* `InflationaryFlowDistribution` (also ``InflationaryFlowDistribution(flow)``): a distribution over
+  data space. ``numpyro.sample("x", InflationaryFlowDistribution(flow))`` works without any handler; NUTS
   then moves in data space and evaluates $\log q(x)$ by one augmented ODE solve
   per gradient (the instantaneous change of variables, DESIGN.md §2).
 * `LatentReparam`: with ``numpyro.handlers.reparam(config={"x": LatentReparam()})``
@@ -326,7 +326,7 @@ class InflationaryFlowDistribution(dist.Distribution):
     ``(D,)``, the batch shape ``()``; ``expand`` and plates give batches of i.i.d.
     points, evaluated as one batched solve.
 
-    Used as ``numpyro.sample("x", flow.prior())`` without any handler, NUTS works in data
+    Used as ``numpyro.sample("x", InflationaryFlowDistribution(flow))`` without any handler, NUTS works in data
     space with this density (support ``real_vector``, identity transform); this is
     correct but slower than `LatentReparam` (see the tutorial for numbers).
 
@@ -361,7 +361,7 @@ class InflationaryFlowDistribution(dist.Distribution):
         >>> import numpyro_inflow as nif
         >>> gm = nif.GaussianMixtureScore(jnp.ones(1), jnp.zeros((1, 2)), jnp.eye(2)[None])
         >>> flow = nif.InflationaryFlow(nif.InflationSchedule.from_moments(*gm.moments()), gm)
-        >>> prior = flow.prior()
+        >>> prior = InflationaryFlowDistribution(flow)
         >>> prior.sample(jax.random.key(0), (3,)).shape
         (3, 2)
     """
@@ -468,12 +468,12 @@ class LatentReparam(Reparam):
     no Jacobian, one plain decode solve per evaluation.
 
     Latent dimension: for a PR-preserving flow the latent is ``D``-dimensional and the
-    site has exactly the prior ``flow.prior()``. For a PR-reducing flow ``reduced=True``
+    site has exactly the prior ``InflationaryFlowDistribution(flow)``. For a PR-reducing flow ``reduced=True``
     (default) samples the ``k`` kept coordinates and decodes with the squeezed ones set
     to zero: the prior is then the push-forward of $N(0, I_k)$ onto a
     ``k``-dimensional surface in data space (the model's intended low-dimensional
     prior). ``reduced=False`` samples all ``D`` standardized coordinates and scales the
-    squeezed ones by $\sqrt{\epsilon_i}$, reproducing ``flow.prior()`` exactly
+    squeezed ones by $\sqrt{\epsilon_i}$, reproducing ``InflationaryFlowDistribution(flow)`` exactly
     (including its thin $\epsilon$ spread off the surface).
 
     Failed solves: with ``robust=True`` (inherited from the distribution) a failed decode
@@ -493,7 +493,7 @@ class LatentReparam(Reparam):
         >>> import numpyro
         >>> import numpyro_inflow as nif
         >>> def model(flow):
-        ...     return numpyro.sample("x", flow.prior())
+        ...     return numpyro.sample("x", InflationaryFlowDistribution(flow))
         >>> latent_model = numpyro.handlers.reparam(model, config={"x": nif.LatentReparam()})
     """
 
@@ -512,7 +512,7 @@ class LatentReparam(Reparam):
         if not isinstance(base, InflationaryFlowDistribution):
             raise ValueError(
                 f"LatentReparam: expected an InflationaryFlowDistribution at site {name!r} "
-                f"(e.g. flow.prior()); got {type(base).__name__}"
+                f"(e.g. InflationaryFlowDistribution(flow)); got {type(base).__name__}"
             )
         flow = base.flow
         n_latent = flow.latent_dim if self.reduced else flow.dim
@@ -533,7 +533,7 @@ def decode_standard_latent(prior, xi, *, reduced: bool = True, name: str = "x") 
     `SolveFailureCounter` objects.
 
     Args:
-        prior: the `InflationaryFlowDistribution` (``flow.prior()``).
+        prior: the `InflationaryFlowDistribution` (``InflationaryFlowDistribution(flow)``).
         xi: standardized latent values.
         reduced: whether ``xi`` holds only the ``k`` kept coordinates.
         name: the site name used in the failure factor's name.

@@ -6,7 +6,7 @@ inside any NumPyro model::
 
     obs = nif.LinearGaussianObservation.mask(mask, noise_std=0.1)
     def model(y=None):
-        x = numpyro.sample("x", flow.prior())
+        x = numpyro.sample("x", nif.InflationaryFlowDistribution(flow))
         obs("y", x, obs=y)
 
 or let `inverse_problem` build that model (with `LatentReparam`
@@ -378,10 +378,10 @@ def inverse_problem(
             has the wrong shape or non-finite values.
     """
     # same layer; imported here to keep the modules independent
-    from .numpyro import LatentReparam, decode_standard_latent
+    from .numpyro import InflationaryFlowDistribution, LatentReparam, decode_standard_latent
 
     observation.check_flow(flow)
-    prior = flow.prior()
+    prior = InflationaryFlowDistribution(flow)
     if not latent and prior.is_reducing:
         raise ValueError(
             "latent: expected True for a PR-reducing flow, whose data-space density is "

@@ -352,7 +352,7 @@ def save_flow(flow: InflationaryFlow, path, overwrite: bool = False, metadata=No
         >>> flow = nif.InflationaryFlow(nif.InflationSchedule.from_moments(*gm.moments()), gm)
         >>> d = pathlib.Path(tempfile.mkdtemp()) / "flow"
         >>> _ = save_flow(flow, d, metadata={"note": "example"})
-        >>> nif.InflationaryFlow.load(d).dim
+        >>> nif.load_flow(d).dim
         2
     """
     if not isinstance(flow, InflationaryFlow):

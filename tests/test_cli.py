@@ -23,7 +23,7 @@ def oracle(tmp_path_factory):
     gm = random_mixture(5, n_comp=2, dim=3)
     schedule = nif.InflationSchedule.from_moments(*gm.moments(), keep=2)
     flow = nif.InflationaryFlow(schedule, gm, rtol=1e-5, atol=1e-5)
-    flow.save(root / "flow")
+    nif.save_flow(flow, root / "flow")
     x = np.asarray(gm.sample(jax.random.key(2), 5))
     np.save(root / "x.npy", x)
     return root, flow, x
@@ -169,7 +169,7 @@ def test_train_end_to_end(tmp_path, capsys):
     argv = ["train", tmp_path / "data.npy", "--keep", 2, "--steps", 5, "--batch-size", 16]
     code, _, err = _run([*argv, "--out", out, "--quiet"], capsys)
     assert code == 0, err
-    flow = nif.InflationaryFlow.load(out)
+    flow = nif.load_flow(out)
     assert (flow.dim, flow.latent_dim) == (3, 2)
     meta = nif.read_config(out)["metadata"]["training"]
     assert (meta["steps"], meta["batch_size"], meta["keep"]) == (5, 16, 2)

@@ -193,7 +193,7 @@ def test_mala_with_oracle_flow_prior_matches_grid_posterior():
     H, noise, y = np.array([1.0, 0.5]), 0.3, 0.4
 
     def model(y=None):
-        x = numpyro.sample("x", flow.prior())
+        x = numpyro.sample("x", nif.InflationaryFlowDistribution(flow))
         numpyro.sample("y", dist.Normal(jnp.asarray(H) @ x, noise), obs=y)
 
     # reference: the mixture density (what the oracle flow represents) times the likelihood

@@ -146,7 +146,7 @@ def test_transform_contract(name, flows):
 # ---------------------------------------------------------------------- distribution
 def test_distribution_shapes_and_expand(flows):
     flow = flows["prp2"]
-    d = flow.prior()
+    d = nif.InflationaryFlowDistribution(flow)
     assert isinstance(d, nif.InflationaryFlowDistribution)
     assert d.event_shape == (2,) and d.batch_shape == ()
     assert d.support is dist.constraints.real_vector
@@ -165,7 +165,7 @@ def test_distribution_shapes_and_expand(flows):
 
 def test_distribution_log_prob_matches_oracle_and_integrates(flows):
     flow = flows["prp2"]
-    d = flow.prior()
+    d = nif.InflationaryFlowDistribution(flow)
     gm, sch = flow.score, flow.schedule
     # exact density of the mixture convolved with N(0, gamma(0)) (rotation invariant)
     x = gm.sample(jax.random.key(2), 20)
@@ -184,7 +184,7 @@ def test_distribution_log_prob_matches_oracle_and_integrates(flows):
 def test_distribution_sample_agrees_with_log_prob(flows):
     """Chi-square goodness of fit: sample counts in cells vs cell masses from log_prob."""
     flow = flows["prp2"]
-    d = flow.prior()
+    d = nif.InflationaryFlowDistribution(flow)
     n = 3000
     xs = np.asarray(jax.jit(lambda k: d.sample(k, (n,)))(jax.random.key(3)))
     assert np.all(np.isfinite(xs))
@@ -212,7 +212,7 @@ def test_distribution_sample_agrees_with_log_prob(flows):
 
 
 def test_distribution_pytree_and_jit(flows):
-    d = flows["prp3"].prior()
+    d = nif.InflationaryFlowDistribution(flows["prp3"])
     x = d.sample(jax.random.key(0), (2,))
     leaves, treedef = jax.tree.flatten(d)
     rebuilt = jax.tree.unflatten(treedef, leaves)
@@ -236,23 +236,23 @@ def test_transformed_distribution_uses_one_solve(flows):
 
 def test_reducing_flow_density_errors(flows):
     flow = flows["prr3to2"]
-    d = flow.prior()
+    d = nif.InflationaryFlowDistribution(flow)
     assert d.is_reducing
     x = d.sample(jax.random.key(0), (3,))
     assert x.shape == (3, 3)
     with pytest.raises(ValueError, match="PR-reducing"):
         d.log_prob(x)
-    reg = flow.prior(regularized_density=True)
+    reg = nif.InflationaryFlowDistribution(flow, regularized_density=True)
     np.testing.assert_allclose(reg.log_prob(x), flow.log_prob(x), atol=1e-3)
 
 
 def test_validate_args_and_bad_flow(flows):
-    d = flows["prp2"].prior(validate_args=True)
+    d = nif.InflationaryFlowDistribution(flows["prp2"], validate_args=True)
     with pytest.warns(UserWarning, match="Out-of-support"):
         lp = d.log_prob(jnp.array([[jnp.nan, 0.0], [0.1, 0.2]]))
     assert np.isneginf(lp[0]) and np.isfinite(lp[1])
     with pytest.raises(ValueError, match="finite"):  # without validation: a clear error
-        flows["prp2"].prior(validate_args=False).log_prob(jnp.array([jnp.nan, 0.0]))
+        nif.InflationaryFlowDistribution(flows["prp2"], validate_args=False).log_prob(jnp.array([jnp.nan, 0.0]))
     with pytest.raises(ValueError, match="InflationaryFlow"):
         nif.InflationaryFlowDistribution("not a flow")
     with pytest.raises(ValueError, match="InflationaryFlow"):

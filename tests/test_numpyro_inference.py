@@ -168,8 +168,8 @@ def test_failure_gives_minus_inf_log_prob():
     gm = _mixture([1.0], [[0.0, 0.0]], [np.eye(2)])
     flow = _flow(gm, max_steps=2)  # every solve fails
     with nif.SolveFailureCounter() as counter:
-        lp = flow.prior().log_prob(jnp.zeros((3, 2)))
-        x = flow.prior().sample(jax.random.key(0), (2,))
+        lp = nif.InflationaryFlowDistribution(flow).log_prob(jnp.zeros((3, 2)))
+        x = nif.InflationaryFlowDistribution(flow).sample(jax.random.key(0), (2,))
     assert np.all(np.isneginf(lp))
     assert np.all(np.isnan(x))
     assert counter.count == 5
@@ -198,7 +198,7 @@ def test_bad_inputs_give_clear_errors():
         nif.inverse_problem(flow3r, nif.LinearGaussianObservation(jnp.eye(3), 0.1), latent=False)
 
     def plain(y=None):
-        x = numpyro.sample("x", flow3r.prior())
+        x = numpyro.sample("x", nif.InflationaryFlowDistribution(flow3r))
         numpyro.sample("y", numpyro.distributions.Normal(x, 0.1).to_event(1), obs=y)
 
     with pytest.raises(ValueError, match="PR-reducing"):
@@ -208,7 +208,7 @@ def test_bad_inputs_give_clear_errors():
 
     # LatentReparam on the wrong kind of site
     def observed(y):
-        numpyro.sample("x", flow2.prior(), obs=y)
+        numpyro.sample("x", nif.InflationaryFlowDistribution(flow2), obs=y)
 
     with pytest.raises(ValueError, match="latent \\(unobserved\\) site"):
         numpyro.handlers.reparam(observed, config={"x": nif.LatentReparam()})(jnp.zeros(2))
@@ -228,7 +228,7 @@ def test_latent_reparam_plates_and_full_latent():
 
     def model():
         with numpyro.plate("n", 4):
-            return numpyro.sample("x", flow.prior())
+            return numpyro.sample("x", nif.InflationaryFlowDistribution(flow))
 
     for reduced, k in ((True, 2), (False, 3)):
         rep = numpyro.handlers.reparam(model, config={"x": nif.LatentReparam(reduced=reduced)})
