@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib.util
 import json
 import pathlib
 import time
@@ -103,29 +102,13 @@ HIER_WEIGHTS = (0.5, 0.3, 0.2)
 
 
 def exact_posterior(flow, matrix, noise, y):
-    gm, sch = flow.score, flow.schedule
-    w = np.asarray(sch.eigenvectors, np.float64)
-    g0 = w @ np.diag(np.asarray(sch.gamma_start, np.float64)) @ w.T
-    a = np.asarray(matrix, np.float64)
-    r = noise**2 * np.eye(a.shape[0])
-    yv = np.asarray(y, np.float64)
-    logw, mus, covs = [], [], []
-    for pi, m, s in zip(
-        np.asarray(gm.weights), np.asarray(gm.means), np.asarray(gm.covariances), strict=True
-    ):
-        c = s + g0
-        cov = np.linalg.inv(np.linalg.inv(c) + a.T @ a / noise**2)
-        mus.append(cov @ (np.linalg.solve(c, m) + a.T @ yv / noise**2))
-        covs.append(cov)
-        sy = a @ c @ a.T + r
-        d = yv - a @ m
-        logw.append(np.log(pi) - 0.5 * d @ np.linalg.solve(sy, d) - 0.5 * np.linalg.slogdet(sy)[1])
-    wts = np.exp(np.array(logw) - max(logw))
-    wts /= wts.sum()
-    mus, covs = np.array(mus), np.array(covs)
-    mean = wts @ mus
-    second = np.einsum("m,mij->ij", wts, covs + np.einsum("mi,mj->mij", mus, mus))
-    return mean, second - np.outer(mean, mean)
+    """Mean and covariance of an oracle flow's posterior, in closed form."""
+    return nif.evaluation.GaussianMixture.of_flow(flow).condition(matrix, noise, y).moments()
+
+
+def em3(flow, steps: int):
+    """``flow`` with the fixed-step ``ExponentialMultistep(3)`` solver, ``steps`` steps."""
+    return flow.replace(solver=nif.ExponentialMultistep(3), dt0=flow.t_end / steps)
 
 
 def timed_chain(kernel, state, model_args: tuple, samples: int):
@@ -197,49 +180,26 @@ def nfe_per_solve(flow, latent: bool) -> float:
     return float(np.mean(np.asarray(info.nfe)))
 
 
+def decode_error(flow, ref, z) -> tuple[float, float]:
+    """RMS and max abs distance between the decodes of ``z`` by ``flow`` and by ``ref``."""
+    err = np.asarray(flow.decode(z), np.float64) - np.asarray(ref.decode(z), np.float64)
+    return float(np.sqrt(np.mean(err**2))), float(np.abs(err).max())
+
+
 def solver_error(flow, ref, latent: bool) -> tuple[float, float]:
     """RMS and max abs error of ``flow``'s decode (latent) or encode (plain) vs ``ref``."""
+    z = jax.random.normal(jax.random.key(1), (1000, 2))
     if latent:
-        pts = jax.random.normal(jax.random.key(1), (1000, 2))
-        got, want = flow.decode(pts), ref.decode(pts)
-    else:
-        pts = ref.decode(jax.random.normal(jax.random.key(1), (1000, 2)))
-        got, want = flow.encode(pts), ref.encode(pts)
-    err = np.asarray(got, np.float64) - np.asarray(want, np.float64)
+        return decode_error(flow, ref, z)
+    pts = ref.decode(z)
+    err = np.asarray(flow.encode(pts), np.float64) - np.asarray(ref.encode(pts), np.float64)
     return float(np.sqrt(np.mean(err**2))), float(np.abs(err).max())
 
 
 def prior_samples(flow, n: int, key) -> np.ndarray:
     """Draws from the flow's exact prior: the mixture convolved with N(0, Gamma_start)."""
-    gm, sch = flow.score, flow.schedule
-    w = np.asarray(sch.eigenvectors, np.float64)
-    g0 = w @ np.diag(np.asarray(sch.gamma_start, np.float64)) @ w.T
     rng = np.random.default_rng(int(jax.random.randint(key, (), 0, 2**30)))
-    wts = np.asarray(gm.weights, np.float64)
-    comp = rng.choice(len(wts), size=n, p=wts / wts.sum())
-    covs = np.asarray(gm.covariances, np.float64) + g0
-    chol = np.linalg.cholesky(covs)
-    eps = rng.standard_normal((n, 2))
-    return np.asarray(gm.means, np.float64)[comp] + np.einsum("nij,nj->ni", chol[comp], eps)
-
-
-def exact_prior_logpdf(flow, x: np.ndarray) -> np.ndarray:
-    gm, sch = flow.score, flow.schedule
-    w = np.asarray(sch.eigenvectors, np.float64)
-    g0 = w @ np.diag(np.asarray(sch.gamma_start, np.float64)) @ w.T
-    terms = []
-    for pi, m, c in zip(
-        np.asarray(gm.weights, np.float64),
-        np.asarray(gm.means, np.float64),
-        np.asarray(gm.covariances, np.float64) + g0,
-        strict=True,
-    ):
-        d = x - m
-        q = np.einsum("ni,ij,nj->n", d, np.linalg.inv(c), d)
-        terms.append(np.log(pi) - 0.5 * q - 0.5 * np.linalg.slogdet(2 * np.pi * c)[1])
-    t = np.stack(terms)
-    mx = t.max(0)
-    return mx + np.log(np.exp(t - mx).sum(0))
+    return nif.evaluation.GaussianMixture.of_flow(flow).sample(rng, n)
 
 
 def fit_bnaf(train: np.ndarray, steps: int, seed: int = 0, hidden=(8, 8), blocks: int = 2):
@@ -306,14 +266,12 @@ def circles_flow(path, train: dict = CIRCLES_TRAIN) -> tuple[nif.InflationaryFlo
     of the given width and depth, ``steps`` steps of 512; about 10 s on 2 CPU cores.
     Returns the flow and its training record (stored in the saved flow's metadata).
     """
-    from numpyro_inflow.persistence import read_config, save_flow
-
     path = pathlib.Path(path)
     if path.exists():
         flow = nif.load_flow(path)
         if flow.dim != 2 or flow.latent_dim != 2:
             raise ValueError(f"--circles-flow: expected a 2-D PR-preserving flow at {path}")
-        return flow, dict(read_config(path).get("metadata", {}), path=str(path), trained=False)
+        return flow, dict(nif.read_config(path).get("metadata", {}), path=str(path), trained=False)
     x = circles_data(train["n"], train["seed"])
     t0 = time.perf_counter()
     flow = nif.fit(
@@ -324,7 +282,7 @@ def circles_flow(path, train: dict = CIRCLES_TRAIN) -> tuple[nif.InflationaryFlo
         progress=True,
     )
     record = dict(train, train_s=time.perf_counter() - t0)
-    save_flow(flow, path, metadata=record)
+    nif.save_flow(flow, path, metadata=record)
     return flow, dict(record, path=str(path), trained=True)
 
 
@@ -401,9 +359,6 @@ def circles_rows(args) -> list[dict]:
         circles_flow=record,
     )
 
-    def em3(n):
-        return flow.replace(solver=nif.ExponentialMultistep(3), dt0=flow.t_end / n)
-
     paths = [
         ("latent (LatentReparam, Tsit5 rtol 1e-4)", flow.replace(rtol=1e-4, atol=1e-4), True),
         ("plain site (data-space log_prob)", flow.replace(rtol=1e-4, atol=1e-4), False),
@@ -412,8 +367,8 @@ def circles_rows(args) -> list[dict]:
             flow.replace(solver=diffrax.Euler(), dt0=flow.t_end / 701),
             True,
         ),
-        ("latent, ExponentialMultistep(3) 33 steps", em3(33), True),
-        ("latent, ExponentialMultistep(3) 24 steps", em3(24), True),
+        ("latent, ExponentialMultistep(3) 33 steps", em3(flow, 33), True),
+        ("latent, ExponentialMultistep(3) 24 steps", em3(flow, 24), True),
     ]
     rows = []
     for label, fl, latent in tqdm.tqdm(paths, desc="circles", leave=False):
@@ -462,15 +417,6 @@ def circles_rows(args) -> list[dict]:
     return rows
 
 
-def load_example():
-    """The hierarchical model of ``examples/hierarchical_gmm.py`` (one definition)."""
-    path = pathlib.Path(__file__).resolve().parents[1] / "examples" / "hierarchical_gmm.py"
-    spec = importlib.util.spec_from_file_location("hierarchical_gmm", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def hierarchical_rows(args) -> list[dict]:
     """The hierarchical example at ``--hier-points`` latents: 3M-33 vs Euler 701 gradients.
 
@@ -478,18 +424,18 @@ def hierarchical_rows(args) -> list[dict]:
     from the same post-warmup state with that adaptation, so they differ only in the
     decode inside every gradient (Euler's own warmup would cost 20x more).
     """
-    ex = load_example()
+    problem = nif.evaluation.LatentMixtureProblem()  # the model of examples/hierarchical_gmm.py
     flow, record = circles_flow(args.circles_flow)
     flow = flow.replace(throw=False)
     n, w_true = args.hier_points, np.asarray(HIER_WEIGHTS)
     ref = flow.replace(solver=None, rtol=1e-7, atol=1e-7)  # simulates the data
-    comp, z_true, _, y = ex.simulate(ref, n, w_true, jax.random.key(args.hier_seed))
+    comp, z_true, _, y = problem.simulate(ref, n, w_true, jax.random.key(args.hier_seed))
     realized = np.bincount(np.asarray(comp), minlength=len(w_true)) / n
-    fast = ex.fast_flow(flow, 33)
+    fast = em3(flow, 33)
     euler = flow.replace(solver=diffrax.Euler(), dt0=flow.t_end / 701)
     init = init_to_value(values={"z": fast.encode(y), "w": jnp.ones(len(w_true)) / len(w_true)})
     mcmc = MCMC(
-        NUTS(functools.partial(ex.model, fast, n), init_strategy=init),
+        NUTS(functools.partial(problem.model, fast, n), init_strategy=init),
         num_warmup=args.hier_warmup,
         num_samples=args.hier_samples,
         progress_bar=False,
@@ -503,7 +449,7 @@ def hierarchical_rows(args) -> list[dict]:
         ("ExponentialMultistep(3) 33 steps", fast, args.hier_samples),
         ("fixed Euler 701 steps", euler, args.hier_euler_samples),
     ):
-        kernel = NUTS(functools.partial(ex.model, fl, n))
+        kernel = NUTS(functools.partial(problem.model, fl, n))
         state = kernel.init(
             jax.random.key(args.hier_seed + 2), 0, adapted.z, model_args=(y,), model_kwargs={}
         )
@@ -517,7 +463,7 @@ def hierarchical_rows(args) -> list[dict]:
         lo, hi = np.percentile(z, [5, 95], axis=0)
         zt = np.asarray(z_true, np.float64)
         _, info = fl.decode_with_info(z_true[:64])
-        rms, mx = ex.decode_error(fl, ref, z_true[:256])
+        rms, mx = decode_error(fl, ref, z_true[:256])
         rows.append(
             dict(
                 problem="hierarchical",
@@ -582,15 +528,12 @@ def oracle_rows(problem: str, args) -> list[dict]:
     ref = nif.InflationaryFlow(sch, gm, rtol=1e-8, atol=1e-8)
     exact = exact_posterior(flow, *PROBLEMS[problem])
 
-    def em3(n, fl=flow):
-        return fl.replace(solver=nif.ExponentialMultistep(3), dt0=fl.t_end / n)
-
     paths = [
         ("latent (LatentReparam, Tsit5 rtol 1e-4)", flow, True),
         ("plain site (data-space log_prob)", flow, False),
         ("latent, fixed Euler 701 steps", euler, True),
-        ("latent, ExponentialMultistep(3) 33 steps", em3(33), True),
-        ("latent, ExponentialMultistep(3) 24 steps", em3(24), True),
+        ("latent, ExponentialMultistep(3) 33 steps", em3(flow, 33), True),
+        ("latent, ExponentialMultistep(3) 24 steps", em3(flow, 24), True),
     ]
     if args.bnaf_steps:
         paths.append(("BNAF prior (data space, b)", None, False))
@@ -602,7 +545,7 @@ def oracle_rows(problem: str, args) -> list[dict]:
             params, log_prob = fit_bnaf(train, args.bnaf_steps)
             test = prior_samples(flow, 20000, jax.random.key(11))
             nll = -float(np.mean(np.asarray(log_prob(params, jnp.asarray(test, jnp.float32)))))
-            nll_exact = -float(np.mean(exact_prior_logpdf(flow, test)))
+            nll_exact = -float(np.mean(nif.evaluation.GaussianMixture.of_flow(flow).log_prob(test)))
             extra = dict(
                 bnaf_fit_s=time.perf_counter() - t0,
                 bnaf_test_nll=nll,

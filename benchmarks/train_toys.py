@@ -3,12 +3,13 @@
 For each case (circles PR-preserving and keep=1, moons, s_curve keep=2) it reports
 wall time, samples seen, the final validation loss, the round-trip RMSE of
 ``decode(encode(x))`` on held-out points, and sample quality as the energy distance
-between generated samples and held-out data, next to two references drawn in the
-same run: the data-vs-data floor (a second held-out draw) and a moment-matched
-Gaussian. "gap closed" is ``(E_gauss - E_model) / (E_gauss - E_floor)``.
+(``nif.evaluation.energy_distance``, the unbiased U-statistic) between generated
+samples and held-out data, next to two references drawn in the same run: the
+data-vs-data floor (a second held-out draw) and a moment-matched Gaussian. "gap
+closed" is ``(E_gauss - E_model) / (E_gauss - E_floor)``.
 
-Targets (issue 3): <= 5 minutes of training per case with default settings, >= 90 %
-of the gap closed, round-trip RMSE <= 1e-2 for PR-preserving flows.
+Targets: <= 5 minutes of training per case with default settings, >= 90 % of the gap
+closed, round-trip RMSE <= 1e-2 for PR-preserving flows.
 
 Usage::
 
@@ -17,8 +18,9 @@ Usage::
 
 Results go to ``benchmarks/results/train_toys.json`` and ``train_toys_<case>.png``
 (``train_toys_quick.*`` with ``--quick``). The trained flows are saved with
-``flow.save`` under ``benchmarks/results/flows/<case>/`` (``flows_<tag>`` with
-``--tag``; ``--flows-dir`` to choose; not with ``--quick`` unless asked) so that ``examples/coverage_toy.py --flows`` can reuse them.
+``nif.save_flow`` under ``benchmarks/results/flows/<case>/`` (``flows_<tag>`` with
+``--tag``; ``--flows-dir`` to choose; not with ``--quick`` unless asked) so that
+``examples/coverage_toy.py --flows`` can reuse them.
 """
 
 from __future__ import annotations
@@ -47,37 +49,8 @@ CASES = {
 
 
 def load(name: str, n: int, seed: int) -> np.ndarray:
-    """The toy set via ``nif.datasets`` (or sklearn directly, z-scored, if absent)."""
-    try:
-        from numpyro_inflow import datasets
-
-        return np.asarray(datasets.load(name, n=n, seed=seed), np.float32)
-    except ImportError:
-        from sklearn import datasets as skd
-
-        rs = np.random.RandomState(seed)
-        if name == "circles":
-            x = skd.make_circles(n, factor=0.5, noise=0.08, random_state=rs)[0]
-        elif name == "moons":
-            x = skd.make_moons(n, noise=0.08, random_state=rs)[0]
-        elif name == "s_curve":
-            x = skd.make_s_curve(n, noise=0.2, random_state=rs)[0]
-        else:
-            raise ValueError(f"name: expected circles, moons or s_curve; got {name!r}") from None
-        return ((x - x.mean(0)) / x.std(0)).astype(np.float32)
-
-
-def energy_distance(a: np.ndarray, b: np.ndarray, chunk: int = 1024) -> float:
-    r"""Energy distance :math:`2E|X-Y| - E|X-X'| - E|Y-Y'|` (V-statistics), float64."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-
-    def mean_dist(p, q):
-        tot = 0.0
-        for i in range(0, len(p), chunk):
-            tot += np.sqrt(((p[i : i + chunk, None, :] - q[None]) ** 2).sum(-1)).sum()
-        return tot / (len(p) * len(q))
-
-    return 2 * mean_dist(a, b) - mean_dist(a, a) - mean_dist(b, b)
+    """The toy set ``name`` from ``nif.datasets``, as float32."""
+    return np.asarray(nif.datasets.load(name, n=n, seed=seed), np.float32)
 
 
 def trajectories(flow, x: np.ndarray, n_times: int = 60) -> np.ndarray:
@@ -138,9 +111,9 @@ def run_case(name: str, spec: dict, args) -> tuple[dict, dict, object]:
     rng = np.random.default_rng(11)
     mu, cov = x_train.mean(0), np.cov(x_train, rowvar=False)
     gauss = rng.multivariate_normal(mu, cov, args.n_eval)
-    e_model = energy_distance(samples, x_test)
-    e_floor = energy_distance(x_ref, x_test)
-    e_gauss = energy_distance(gauss, x_test)
+    e_model = nif.evaluation.energy_distance(samples, x_test)
+    e_floor = nif.evaluation.energy_distance(x_ref, x_test)
+    e_gauss = nif.evaluation.energy_distance(gauss, x_test)
     closed = (e_gauss - e_model) / (e_gauss - e_floor)
     row = dict(
         case=name,

@@ -56,7 +56,8 @@ Usage::
     python examples/coverage_toy.py --oracle        # Gaussian-mixture oracle flows, no training
     python examples/coverage_toy.py --quick         # tiny smoke run (oracle flows)
 
-Outputs in ``--out`` (default ``benchmarks/results``): ``coverage_toy.json``,
+Outputs in ``--out`` (default ``./coverage-toy/``, under the current directory; pass
+``--out benchmarks/results`` to refresh the documented results): ``coverage_toy.json``,
 ``coverage_toy_boundaries.png``, ``coverage_toy_curves.png``, ``coverage_toy_roc.png``
 (prefix ``coverage_toy_quick`` with ``--quick``, ``coverage_toy_TAG`` with ``--tag TAG``).
 """
@@ -81,7 +82,6 @@ CASES = {
     "circles_k1": dict(data="circles", keep=1),
     "s_curve_k2": dict(data="s_curve", keep=2),
 }
-DEFAULT_OUT = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 
 
 # ----------------------------------------------------------------------------- flows
@@ -477,7 +477,7 @@ def parse(argv):
     )
     src = p.add_mutually_exclusive_group()
     src.add_argument(
-        "--flows", default=None, help="directory of saved flows DIR/<case>/ (flow.save)"
+        "--flows", default=None, help="directory of saved flows DIR/<case>/ (nif.save_flow)"
     )
     src.add_argument(
         "--oracle", action="store_true", help="Gaussian-mixture oracle flows (no training)"
@@ -486,7 +486,7 @@ def parse(argv):
         "--quick", action="store_true", help="tiny smoke run (oracle flows unless --flows)"
     )
     p.add_argument("--cases", nargs="+", choices=sorted(CASES), default=list(CASES))
-    p.add_argument("--out", default=str(DEFAULT_OUT), help="output directory")
+    p.add_argument("--out", default="coverage-toy", help="output directory")
     p.add_argument("--n-test", type=int, default=20_000, help="latent test draws")
     p.add_argument("--n-boundary", type=int, default=200, help="points per boundary")
     p.add_argument("--n-heldout", type=int, default=5000, help="held-out data points")
@@ -520,14 +520,6 @@ def parse(argv):
         args.roc_centres, args.roc_radii, args.roc_boundary, args.roc_local = 4, 4, 16, 60
         args.batch = min(args.batch, 1024)
     return args
-
-
-def _display_path(p: Path) -> str:
-    """``p`` relative to the repository root when inside it (results stay portable)."""
-    try:
-        return str(p.resolve().relative_to(DEFAULT_OUT.parent.parent))
-    except ValueError:
-        return str(p)
 
 
 def main(argv=None) -> dict:
@@ -570,7 +562,7 @@ def main(argv=None) -> dict:
         print(f"  ({t_b:.0f} s boundary, {t_r:.0f} s radius-based)", flush=True)
     meta = dict(
         source="oracle" if args.oracle else (args.flows or "nif.fit"),
-        args=vars(args) | {"radii": radii.tolist(), "out": _display_path(out_dir)},
+        args=vars(args) | {"radii": radii.tolist()},
         version=nif.__version__,
         jax=jax.__version__,
         machine=platform.platform(),

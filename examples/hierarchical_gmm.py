@@ -6,7 +6,8 @@ inflationary flow trained on the circles data set, and observed with Gaussian no
 latent space; the script prints the recovered weights and latents next to the truth
 and saves a figure (and optionally a JSON record of the run).
 
-The model::
+The model (``nif.evaluation.LatentMixtureProblem``, shared with
+``benchmarks/latent_nuts.py``)::
 
     w ~ Dirichlet(1)                                    (K weights)
     z_i ~ sum_k w_k N(mu_k, s^2 I),  i = 1..N           (latent points, assignments summed out)
@@ -40,37 +41,13 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import numpyro
-import numpyro.distributions as dist
 from numpyro.diagnostics import effective_sample_size
 from numpyro.infer import MCMC, NUTS, init_to_value
 
 import numpyro_inflow as nif
 
-MEANS = jnp.array([[-1.2, 0.0], [1.2, 0.0], [0.0, 1.2]])  # latent component means
-SPREAD = 0.3
-NOISE = 0.1
-
-
-def model(flow, n_points, y=None):
-    """The hierarchical model: Dirichlet weights, mixture latents, decoded, noisy."""
-    k = MEANS.shape[0]
-    w = numpyro.sample("w", dist.Dirichlet(jnp.ones(k)))
-    comp = dist.Normal(MEANS, SPREAD).to_event(1)
-    with numpyro.plate("points", n_points):
-        z = numpyro.sample("z", dist.MixtureSameFamily(dist.Categorical(w), comp))
-        x = numpyro.deterministic("x", flow.decode(z))
-        numpyro.sample("y", dist.Normal(x, NOISE).to_event(1), obs=y)
-
-
-def simulate(flow, n_points: int, weights, key):
-    """True assignments, latents, decoded points and observations ``(comp, z, x, y)``."""
-    key_c, key_z, key_y = jax.random.split(key, 3)
-    comp = jax.random.choice(key_c, len(weights), (n_points,), p=jnp.asarray(weights))
-    z_true = MEANS[comp] + SPREAD * jax.random.normal(key_z, (n_points, 2))
-    x_true = flow.decode(z_true)
-    y = x_true + NOISE * jax.random.normal(key_y, x_true.shape)
-    return comp, z_true, x_true, y
+PROBLEM = nif.evaluation.LatentMixtureProblem()  # the paper's 3 latent components
+K = len(PROBLEM.means)
 
 
 def fast_flow(flow, steps: int):
@@ -146,7 +123,7 @@ def plot(path, y, s, z_true, w_true, key) -> None:
         return
     x_post = np.asarray(s["x"])
     draw = int(jax.random.randint(key, (), 0, x_post.shape[0]))
-    y_rep = x_post[draw] + NOISE * np.asarray(jax.random.normal(key, x_post.shape[1:]))
+    y_rep = x_post[draw] + PROBLEM.noise * np.asarray(jax.random.normal(key, x_post.shape[1:]))
     fig, ax = plt.subplots(1, 4, figsize=(17, 4.2))
     ax[0].scatter(*np.asarray(y).T, s=2, c="gray", label="observations y")
     ax[0].scatter(*y_rep.T, s=2, c="C1", alpha=0.6, label="posterior predictive draw")
@@ -180,7 +157,7 @@ def main(argv=None):
     )
     p.add_argument("--n-points", type=int, default=2000, help="number of latent points N")
     p.add_argument("--weights", type=float, nargs="+", default=[0.5, 0.3, 0.2])
-    p.add_argument("--flow", default=None, help="a flow saved with flow.save (else train one)")
+    p.add_argument("--flow", default=None, help="a flow saved with nif.save_flow (else train one)")
     p.add_argument("--train-steps", type=int, default=4000, help="without --flow")
     p.add_argument("--train-points", type=int, default=20_000, help="without --flow")
     p.add_argument(
@@ -198,8 +175,8 @@ def main(argv=None):
     p.add_argument("--no-progress", dest="progress", action="store_false")
     args = p.parse_args(argv)
     w_true = np.asarray(args.weights, np.float64)
-    if w_true.shape != (MEANS.shape[0],) or np.any(w_true < 0) or not np.isclose(w_true.sum(), 1):
-        raise ValueError(f"--weights: expected {MEANS.shape[0]} non-negative numbers summing to 1")
+    if w_true.shape != (K,) or np.any(w_true < 0) or not np.isclose(w_true.sum(), 1):
+        raise ValueError(f"--weights: expected {K} non-negative numbers summing to 1")
     for name in ("n_points", "warmup", "samples", "max_tree_depth"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')}: expected a positive integer")
@@ -213,7 +190,7 @@ def main(argv=None):
     # The data are simulated with a tight adaptive decode (the flow "as trained"), not
     # with the fast solver used for inference.
     ref = base.replace(solver=None, rtol=1e-7, atol=1e-7)
-    comp, z_true, _, y = simulate(ref, args.n_points, w_true, key_sim)
+    comp, z_true, _, y = PROBLEM.simulate(ref, args.n_points, w_true, key_sim)
 
     rms, mx = decode_error(flow, ref, z_true)
     _, info = flow.decode_with_info(z_true[:256])
@@ -223,13 +200,13 @@ def main(argv=None):
     print(
         f"decode solver: {solver} ({nfe:.0f} network evaluations per solve); error vs "
         f"Tsit5 rtol=atol=1e-7 on the {args.n_points} true latents: RMS {rms:.1e}, "
-        f"max {mx:.1e} (observation noise {NOISE}); setup {setup_s:.0f} s"
+        f"max {mx:.1e} (observation noise {PROBLEM.noise}); setup {setup_s:.0f} s"
     )
 
     init = init_to_value(values={"z": flow.encode(y), "w": jnp.ones(len(w_true)) / len(w_true)})
     mcmc = MCMC(
         NUTS(
-            functools.partial(model, flow, args.n_points),
+            functools.partial(PROBLEM.model, flow, args.n_points),
             init_strategy=init,
             max_tree_depth=args.max_tree_depth,
         ),
@@ -253,7 +230,7 @@ def main(argv=None):
             f"{r['interval'][1]:.3f}]   {'yes' if r['true_inside'] else 'NO'}"
         )
     print(
-        f"latent RMSE of posterior means: {res['latent_rmse']:.3f} (prior spread {SPREAD}, "
+        f"latent RMSE of posterior means: {res['latent_rmse']:.3f} (prior spread {PROBLEM.spread}, "
         f"mean posterior sd {res['latent_posterior_sd_mean']:.3f}); coverage of 90% "
         f"intervals: {res['latent_coverage']:.3f}"
     )

@@ -68,7 +68,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 import numpyro_inflow as nif
-from numpyro_inflow.demo import _inside, block_mask, psnr, random_mask
 
 N_TRAIN = 1500  # the digits priors were trained on load("digits", seed=0)[:1500]
 LEVEL = 0.9  # credible level of the pixel-wise intervals
@@ -97,12 +96,12 @@ def _denoising(key, noise):
 
 
 def _inpainting_random(key, noise):
-    observed = random_mask(0.5, int(jax.random.randint(key, (), 0, 2**31 - 1)))
+    observed = nif.evaluation.random_mask(0.5, int(jax.random.randint(key, (), 0, 2**31 - 1)))
     return nif.LinearGaussianObservation.mask(observed, noise), ~observed
 
 
 def _inpainting_block(key, noise):
-    observed = block_mask()
+    observed = nif.evaluation.block_mask()
     return nif.LinearGaussianObservation.mask(observed, noise), ~observed
 
 
@@ -144,6 +143,16 @@ def gaussian_inside(mean, std, truth, level: float = LEVEL) -> np.ndarray:
         raise ValueError(f"level: expected a number in (0, 1); got {level}")
     half = stats.norm.ppf(0.5 + level / 2) * np.asarray(std)
     return np.abs(np.asarray(truth) - np.asarray(mean)) <= half
+
+
+def sample_inside(draws, truth, level: float = LEVEL) -> np.ndarray:
+    """Whether each coordinate of ``truth`` lies in the central ``level`` interval of ``draws``.
+
+    ``draws`` has shape ``(N, D)``, ``truth`` ``(D,)``; the interval is between the
+    ``(1 - level) / 2`` and ``(1 + level) / 2`` sample quantiles (`nif.central_coverage`).
+    """
+    table = nif.central_coverage(np.asarray(draws)[None], np.asarray(truth)[None], [level])
+    return table["hits"].to_numpy().reshape(np.shape(truth)) == 1
 
 
 def min_ess(draws) -> float:
@@ -274,7 +283,7 @@ def run_problem(name: str, index: int, flow, x_test, prior_mg, args, bar) -> tup
                 per[m]["divergences"].append(int(np.sum(extra["diverging"])))
             else:
                 per[m]["accept_prob"].append(float(np.mean(extra["accept_prob"])))
-            results[m] = (xs.mean(0), xs.std(0), _inside(xs, truth, LEVEL))
+            results[m] = (xs.mean(0), xs.std(0), sample_inside(xs, truth))
             if i == 0:
                 pick = np.linspace(0, len(xs) - 1, args.show_draws).astype(int)
                 keep["draws"][m] = xs[pick]
@@ -285,7 +294,7 @@ def run_problem(name: str, index: int, flow, x_test, prior_mg, args, bar) -> tup
             )
 
         for m, (mean, std, inside) in results.items():
-            per[m]["psnr"].append(psnr(mean, truth))
+            per[m]["psnr"].append(nif.evaluation.psnr(mean, truth))
             if inside is not None:
                 per[m]["inside"].append(np.asarray(inside))
             if i < args.show_digits:

@@ -18,7 +18,7 @@ The layers, each importing only those above it in this list:
 'InflationaryFlow'
 """
 
-from . import datasets
+from . import datasets, evaluation
 from ._version import __version__
 
 # Engine
@@ -66,6 +66,7 @@ __all__ = [
     "LearnedDenoiser",
     "TrainingHistory",
     "datasets",
+    "evaluation",
     "fit",
     "load_flow",
     "pretrained",

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 
@@ -331,7 +332,7 @@ def sbc(
     Raises:
         ValueError: for bad arguments or unknown observed sites.
 
-    Example:
+    Examples:
         >>> import jax, numpyro, numpyro.distributions as dist
         >>> import numpyro_inflow as nif
         >>> def model():
@@ -342,30 +343,20 @@ def sbc(
         >>> res.quantities
         ['mu']
     """
-    import time
-
-    from tqdm.auto import tqdm
-
     observed = (observed,) if isinstance(observed, str) else tuple(observed)
     model_kwargs = dict(model_kwargs or {})
     derived = dict(derived or {})
     kernel = NUTS if kernel is None else kernel
-    for name, v in [
-        ("num_simulations", num_simulations),
-        ("num_samples", num_samples),
-        ("num_chains", num_chains),
-        ("batch_size", batch_size),
-    ]:
-        if not isinstance(v, int | np.integer) or v < 1:
-            raise ValueError(f"{name}: expected a positive integer; got {v!r}")
-    if not isinstance(num_warmup, int | np.integer) or num_warmup < 0:
-        raise ValueError(f"num_warmup: expected a non-negative integer; got {num_warmup!r}")
-    if test not in ("ks", "chi2"):
-        raise ValueError(f"test: expected 'ks' or 'chi2'; got {test!r}")
-    if not 0 < alpha < 1:
-        raise ValueError(f"alpha: expected a number in (0, 1); got {alpha!r}")
-    if not callable(kernel):
-        raise ValueError(f"kernel: expected a callable model -> MCMCKernel; got {kernel!r}")
+    _check_arguments(
+        num_simulations=num_simulations,
+        num_samples=num_samples,
+        num_chains=num_chains,
+        batch_size=batch_size,
+        num_warmup=num_warmup,
+        test=test,
+        alpha=alpha,
+        kernel=kernel,
+    )
     bins = max(5, min(20, num_simulations // 10)) if bins is None else int(bins)
 
     latents = _latent_sites(model, model_args, model_kwargs, observed)
@@ -376,66 +367,40 @@ def sbc(
         truth_values[name] = jax.vmap(fn)(truth_values)
     targets = latents + list(derived)
 
-    fit_model = model if fit_model is None else fit_model
-    fit = jax.jit(
-        jax.vmap(
-            _build_fit(
-                fit_model,
-                kernel,
-                observed,
-                model_args,
-                model_kwargs,
-                num_warmup,
-                num_samples,
-                num_chains,
-                derived,
-            )
-        )
+    fit = _build_fit(
+        model if fit_model is None else fit_model,
+        kernel,
+        observed,
+        model_args,
+        model_kwargs,
+        num_warmup,
+        num_samples,
+        num_chains,
+        derived,
     )
-    fit_keys = jax.random.split(key_fit, num_simulations)
-    draws: dict[str, list[np.ndarray]] = {t: [] for t in targets}
-    t0 = time.perf_counter()
-    with tqdm(total=num_simulations, desc="SBC", disable=not progress_bar) as bar:
-        for start in range(0, num_simulations, batch_size):
-            idx = np.arange(start, start + batch_size) % num_simulations  # pad the last batch
-            data = {o: prior[o][idx] for o in observed}
-            out = jax.device_get(fit(fit_keys[idx], data))
-            take = min(batch_size, num_simulations - start)
-            for t in targets:
-                draws[t].append(np.asarray(out[t])[:take])
-            bar.update(take)
-    seconds = time.perf_counter() - t0
+    data = {o: prior[o] for o in observed}
+    draws, seconds = _run_fits(fit, key_fit, data, targets, batch_size, progress_bar)
 
     # flatten every target into scalar quantities: (S, C, N) draws, (S,) truths
     q_draws: dict[str, np.ndarray] = {}
     q_truth: dict[str, np.ndarray] = {}
     for t in targets:
-        q_draws.update(_flatten_site(t, np.concatenate(draws[t]), 3))
+        q_draws.update(_flatten_site(t, draws[t], 3))
         q_truth.update(_flatten_site(t, np.asarray(truth_values[t]), 1))
+    return _result(q_draws, q_truth, key_jitter, bins=bins, test=test, alpha=alpha, seconds=seconds)
+
+
+def _result(q_draws, q_truth, key_jitter, *, bins, test, alpha, seconds) -> SBCResult:
+    """Thin, rank and test the scalar quantities ``{name: (S, C, N)}`` against ``{name: (S,)}``."""
     names = list(q_draws)
-    stacked = np.stack([q_draws[n] for n in names], axis=-1)  # (S, C, N, Q)
-    min_ess = np.empty(num_simulations)
-    thin = np.empty(num_simulations, int)
-    for s in range(num_simulations):
-        ess = np.asarray(effective_sample_size(stacked[s].astype(np.float64)))
-        ess = np.where(np.isfinite(ess), ess, 1.0)
-        min_ess[s] = max(float(ess.min()), 1.0)
-        thin[s] = max(1, math.ceil(num_chains * num_samples / min_ess[s]))
+    min_ess, thin = _thinning(np.stack([q_draws[n] for n in names], axis=-1))
     rng = np.random.default_rng(np.asarray(jax.random.key_data(key_jitter)).ravel())
-    ranks, pit, num_draws = {}, {}, np.empty(num_simulations, int)
-    for n in names:
-        r = np.empty(num_simulations, int)
-        for s in range(num_simulations):
-            kept = q_draws[n][s][:, :: thin[s]].ravel()
-            num_draws[s] = kept.size
-            r[s] = int(np.sum(kept < q_truth[n][s]))
-        ranks[n] = r
-        pit[n] = (r + rng.uniform(size=num_simulations)) / (num_draws + 1)
+    ranks, pit, num_draws = _ranks(q_draws, q_truth, thin, rng)
     if np.median(num_draws) < 20:
         warnings.warn(
             f"sbc: the median number of nearly independent draws is {np.median(num_draws):.0f}; "
             "ranks are coarse, increase num_samples",
-            stacklevel=2,
+            stacklevel=3,
         )
     p_ks, p_chi2 = {}, {}
     for n in names:
@@ -458,3 +423,69 @@ def sbc(
         min_ess=min_ess,
         seconds=seconds,
     )
+
+
+def _check_arguments(*, num_warmup, test, alpha, kernel, **positive) -> None:
+    """Raise ``ValueError`` on the first bad argument of `sbc`."""
+    for name, v in positive.items():
+        if not isinstance(v, int | np.integer) or v < 1:
+            raise ValueError(f"{name}: expected a positive integer; got {v!r}")
+    if not isinstance(num_warmup, int | np.integer) or num_warmup < 0:
+        raise ValueError(f"num_warmup: expected a non-negative integer; got {num_warmup!r}")
+    if test not in ("ks", "chi2"):
+        raise ValueError(f"test: expected 'ks' or 'chi2'; got {test!r}")
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha: expected a number in (0, 1); got {alpha!r}")
+    if not callable(kernel):
+        raise ValueError(f"kernel: expected a callable model -> MCMCKernel; got {kernel!r}")
+
+
+def _run_fits(fit, key, data, targets, batch_size, progress_bar):
+    """Run ``fit`` (vectorised, compiled once) batch after batch over the simulations.
+
+    Returns the draws ``{target: (S, chains, draws, ...)}`` and the wall time.
+    """
+    from tqdm.auto import tqdm
+
+    num_simulations = len(next(iter(data.values())))
+    fit = jax.jit(jax.vmap(fit))
+    keys = jax.random.split(key, num_simulations)
+    draws: dict[str, list[np.ndarray]] = {t: [] for t in targets}
+    t0 = time.perf_counter()
+    with tqdm(total=num_simulations, desc="SBC", disable=not progress_bar) as bar:
+        for start in range(0, num_simulations, batch_size):
+            idx = np.arange(start, start + batch_size) % num_simulations  # pad the last batch
+            out = jax.device_get(fit(keys[idx], {o: v[idx] for o, v in data.items()}))
+            take = min(batch_size, num_simulations - start)
+            for t in targets:
+                draws[t].append(np.asarray(out[t])[:take])
+            bar.update(take)
+    return {t: np.concatenate(d) for t, d in draws.items()}, time.perf_counter() - t0
+
+
+def _thinning(stacked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Smallest bulk ESS and thinning factor per simulation of ``(S, C, N, Q)`` draws."""
+    num_simulations, num_chains, num_samples = stacked.shape[:3]
+    min_ess = np.empty(num_simulations)
+    thin = np.empty(num_simulations, int)
+    for s in range(num_simulations):
+        ess = np.asarray(effective_sample_size(stacked[s].astype(np.float64)))
+        ess = np.where(np.isfinite(ess), ess, 1.0)
+        min_ess[s] = max(float(ess.min()), 1.0)
+        thin[s] = max(1, math.ceil(num_chains * num_samples / min_ess[s]))
+    return min_ess, thin
+
+
+def _ranks(q_draws, q_truth, thin, rng):
+    """Ranks of the truths among the thinned pooled draws, and randomised PIT values."""
+    num_simulations = len(thin)
+    ranks, pit, num_draws = {}, {}, np.empty(num_simulations, int)
+    for n, d in q_draws.items():
+        r = np.empty(num_simulations, int)
+        for s in range(num_simulations):
+            kept = d[s][:, :: thin[s]].ravel()
+            num_draws[s] = kept.size
+            r[s] = int(np.sum(kept < q_truth[n][s]))
+        ranks[n] = r
+        pit[n] = (r + rng.uniform(size=num_simulations)) / (num_draws + 1)
+    return ranks, pit, num_draws

@@ -46,6 +46,26 @@ def _levels(levels) -> np.ndarray:
     return lv
 
 
+def _binomial_columns(hits: np.ndarray, n: np.ndarray, level: np.ndarray):
+    """95% Clopper-Pearson interval and exact two-sided binomial p-value, per row.
+
+    The quantities of ``scipy.stats.binomtest(k, n, p)`` (``proportion_ci(0.95)`` and
+    ``pvalue``), vectorised: scipy finds each interval by root finding (about 10 ms a
+    row); here it is the beta-quantile closed form, and the p-value is the probability
+    of the outcomes no more likely than ``k`` (scipy's relative tolerance 1e-7).
+    """
+    k, n = hits.astype(float), n.astype(float)
+    lower = np.where(k > 0, stats.beta.ppf(0.025, np.maximum(k, 1), n - k + 1), 0.0)
+    upper = np.where(k < n, stats.beta.isf(0.025, k + 1, np.maximum(n - k, 1)), 1.0)
+    pmfs, pvalue = {}, np.empty(len(k))
+    for i, (ki, ni, p) in enumerate(zip(hits, n.astype(int), level, strict=True)):
+        if (ni, p) not in pmfs:
+            pmfs[ni, p] = stats.binom.pmf(np.arange(ni + 1), ni, p)
+        pmf = pmfs[ni, p]
+        pvalue[i] = min(1.0, pmf[pmf <= pmf[ki] * (1 + 1e-7)].sum()) if ki != p * ni else 1.0
+    return lower, upper, pvalue
+
+
 def _table(rows, alpha):
     """Add exact binomial interval, two-sided test, Holm-adjusted flag."""
     import pandas as pd
@@ -53,12 +73,7 @@ def _table(rows, alpha):
     df = pd.DataFrame(rows, columns=["quantity", "level", "hits", "n"])
     k, n, lv = df["hits"].to_numpy(), df["n"].to_numpy(), df["level"].to_numpy()
     df["coverage"] = k / n
-    ci = [stats.binomtest(int(a), int(b)).proportion_ci(0.95) for a, b in zip(k, n, strict=True)]
-    df["lower"] = [c.low for c in ci]
-    df["upper"] = [c.high for c in ci]
-    df["pvalue"] = [
-        stats.binomtest(int(a), int(b), p).pvalue for a, b, p in zip(k, n, lv, strict=True)
-    ]
+    df["lower"], df["upper"], df["pvalue"] = _binomial_columns(k, n, lv)
     df["flagged"] = holm(df["pvalue"].to_numpy()) < alpha
     df.attrs["alpha"] = alpha
     return df

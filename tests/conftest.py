@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from numpyro.diagnostics import effective_sample_size
-from scipy import stats
 
 import numpyro_inflow as nif
+from numpyro_inflow.evaluation import GaussianMixture
 
 
 def ring_mixture(n_comp=8, radius=2.0, var=0.05, dim=2, dtype=jnp.float32):
@@ -70,32 +70,14 @@ def gaussian_oracle(seed, dim, dtype=jnp.float32):
 
 
 def exact_posterior(flow, matrix, noise_std, y):
-    """Posterior mixture of a mixture prior convolved with N(0, W diag(gamma(0)) W^T)."""
-    gm, sch = flow.score, flow.schedule
-    w = np.asarray(sch.eigenvectors, np.float64)
-    g0 = w @ np.diag(np.asarray(sch.gamma_start, np.float64)) @ w.T
-    a = np.asarray(matrix, np.float64)
-    r = np.diag(np.broadcast_to(np.asarray(noise_std, np.float64) ** 2, (a.shape[0],)))
-    rinv = np.linalg.inv(r)
-    y = np.asarray(y, np.float64)
-    logw, mus, covs = [], [], []
-    for pi, m, s in zip(
-        np.asarray(gm.weights, np.float64),
-        np.asarray(gm.means, np.float64),
-        np.asarray(gm.covariances, np.float64),
-        strict=True,
-    ):
-        c = s + g0
-        cov = np.linalg.inv(np.linalg.inv(c) + a.T @ rinv @ a)
-        mus.append(cov @ (np.linalg.solve(c, m) + a.T @ rinv @ y))
-        covs.append(cov)
-        logw.append(np.log(pi) + stats.multivariate_normal.logpdf(y, a @ m, a @ c @ a.T + r))
-    wts = np.exp(np.array(logw) - np.max(logw))
-    wts /= wts.sum()
-    mus, covs = np.array(mus), np.array(covs)
-    mean = wts @ mus
-    second = np.einsum("m,mij->ij", wts, covs + np.einsum("mi,mj->mij", mus, mus))
-    return wts, mean, second - np.outer(mean, mean)
+    """Weights, mean and covariance of an oracle flow's posterior under ``y = A x + n``.
+
+    The prior is the flow's exact density (its mixture convolved with the start inflation,
+    `GaussianMixture.of_flow`); the posterior is that mixture conditioned in closed form.
+    """
+    post = GaussianMixture.of_flow(flow).condition(matrix, noise_std, y)
+    mean, cov = post.moments()
+    return post.weights, mean, cov
 
 
 def check_moments(samples, mean, cov, extra_tol=0.02):

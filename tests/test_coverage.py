@@ -105,3 +105,20 @@ def test_kde_matches_scipy():
     rng = np.random.default_rng(9)
     x, q = rng.normal(size=(150, 2)), rng.normal(size=(5, 2))
     np.testing.assert_allclose(_kde_logpdf(x, q), stats.gaussian_kde(x.T).logpdf(q.T), rtol=1e-8)
+
+
+def test_binomial_columns_match_scipy_binomtest():
+    """Interval and p-value columns equal scipy's binomtest (closed form vs root finding)."""
+    draws, theta, _, _ = gaussian_problem(10, S=60, N=50, scale=0.8)
+    rng = np.random.default_rng(11)
+    edge = rng.normal(size=(7, 20, 2))  # truths far outside (0 hits) and at the median (all)
+    truths = np.stack([np.full(7, 50.0), np.median(edge[..., 1], axis=1)], -1)
+    for table in (nif.central_coverage(draws, theta, LEVELS), nif.central_coverage(edge, truths)):
+        for row in table.itertuples():
+            ref = stats.binomtest(row.hits, row.n, row.level)
+            ci = ref.proportion_ci(0.95)
+            # scipy finds the Clopper-Pearson bounds by root finding (tolerance ~1e-12)
+            assert row.lower == pytest.approx(ci.low, abs=1e-9)
+            assert row.upper == pytest.approx(ci.high, abs=1e-9)
+            assert row.pvalue == pytest.approx(ref.pvalue, rel=1e-9, abs=1e-300)
+    assert set(table["hits"]) == {0, 7}

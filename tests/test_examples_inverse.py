@@ -19,6 +19,7 @@ from conftest import load_example
 from scipy import stats
 
 import numpyro_inflow as nif
+from numpyro_inflow.evaluation import block_mask, psnr
 
 
 def test_help(capsys):
@@ -52,13 +53,13 @@ def _gaussian_world(mod, num_truths=300, seed=0):
     mean, cov = mod.gaussian_baseline(data[: mod.N_TRAIN])
     rng = np.random.default_rng(seed)
     truths = rng.multivariate_normal(mean, cov, num_truths)
-    obs = nif.LinearGaussianObservation.mask(mod.block_mask(), 0.1)
+    obs = nif.LinearGaussianObservation.mask(block_mask(), 0.1)
     keys = jax.random.split(jax.random.key(seed), num_truths)
     ys = [obs.simulate(k, jnp.asarray(t, jnp.float32)) for k, t in zip(keys, truths, strict=True)]
     posts = [obs.gaussian_posterior(jnp.asarray(mean), jnp.asarray(cov), y) for y in ys]
     means = np.stack([np.asarray(m, np.float64) for m, _ in posts])
     covs = np.stack([np.asarray(c, np.float64) for _, c in posts])
-    return truths, means, covs, ~mod.block_mask()
+    return truths, means, covs, ~block_mask()
 
 
 def test_gaussian_interval_coverage_controls():
@@ -87,9 +88,9 @@ def test_sample_interval_coverage_controls():
     hits, narrow = [], []
     for t, m, c in zip(truths, means, covs, strict=True):
         draws = rng.multivariate_normal(m, c, 400, method="cholesky")
-        hits.append(mod._inside(draws, t, 0.9))
+        hits.append(mod.sample_inside(draws, t, 0.9))
         # a sampler stuck near the mean: draws with a third of the spread
-        narrow.append(mod._inside(m + (draws - m) / 3, t, 0.9))
+        narrow.append(mod.sample_inside(m + (draws - m) / 3, t, 0.9))
     hits, narrow = np.stack(hits), np.stack(narrow)
     assert abs(hits[:, missing].mean() - 0.9) < 0.04
     assert narrow[:, missing].mean() < 0.6
@@ -143,6 +144,6 @@ def test_quick_run_writes_files_and_sane_numbers(tmp_path):
             assert m["min_ess_mean"] > 0 and math.isfinite(m["ess_per_second"])
     # 48 of 64 pixels are seen with noise 0.1: the posterior means must beat a blank image
     truth = np.asarray(nif.datasets.load("digits", seed=0))[1500]
-    blank = load_example("inverse_problems").psnr(np.zeros(64), truth)
+    blank = psnr(np.zeros(64), truth)
     for name in ("flow_nuts", "gaussian", "latent_map"):
         assert rec["methods"][name]["psnr_mean"] > blank + 3.0, name
