@@ -18,12 +18,12 @@ with status 1; a malformed command line exits with status 2.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
+
+from ._io import atomic_file
+from ._version import __version__
 
 __all__ = ["main"]
 
@@ -48,29 +48,25 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(f"{self.prog}: error: {message} (see '{self.prog} --help')")
 
 
-def _build_parser() -> argparse.ArgumentParser:
-    fmt = _Formatter
-    p = _Parser(
-        prog=_PROG,
-        description="Inflationary flows (de Albuquerque & Pearson, NeurIPS 2024) from the "
-        "command line: train a flow on data, map points to and from its latent space, "
-        "draw samples, inspect a saved flow.",
-        epilog="Run 'inflow SUBCOMMAND --help' for the options of each subcommand.",
-        formatter_class=fmt,
+def _add(sub, name: str, help: str, description: str, epilog: str, **kwargs):
+    return sub.add_parser(
+        name,
+        help=help,
+        description=description,
+        epilog=epilog,
+        formatter_class=_Formatter,
+        **kwargs,
     )
-    from ._version import __version__
 
-    p.add_argument("--version", action="version", version=f"numpyro_inflow {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="SUBCOMMAND", parser_class=_Parser)
-    sub.required = True
 
-    t = sub.add_parser(
+def _add_train(sub) -> None:
+    t = _add(
+        sub,
         "train",
-        help="train a flow on a data set or file and save it",
-        description="Fit an inflationary flow to DATA (nif.fit) and save it to DIR.",
-        epilog="examples:\n  inflow train moons --steps 2000 --out moons-flow\n"
+        "train a flow on a data set or file and save it",
+        "Fit an inflationary flow to DATA (nif.fit) and save it to DIR.",
+        "examples:\n  inflow train moons --steps 2000 --out moons-flow\n"
         "  inflow train data.csv --keep 1 --out my-flow --overwrite",
-        formatter_class=fmt,
     )
     t.add_argument(
         "data",
@@ -103,17 +99,19 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("--overwrite", action="store_true", help="replace an existing DIR")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
 
+
+def _add_map_and_sample(sub) -> None:
     for name, what, src, dst in (
         ("encode", "map data points to the latent space", "data points", "latents"),
         ("decode", "map latent points back to data space", "latents", "data points"),
     ):
-        e = sub.add_parser(
+        e = _add(
+            sub,
             name,
-            help=what,
-            description=f"{what[0].upper()}{what[1:]}: read {src} (N, D) from IN and write "
+            what,
+            f"{what[0].upper()}{what[1:]}: read {src} (N, D) from IN and write "
             f"the {dst} (N, D) to OUT.npy.",
-            epilog=f"example:\n  inflow {name} moons-flow in.npy --out out.npy",
-            formatter_class=fmt,
+            f"example:\n  inflow {name} moons-flow in.npy --out out.npy",
         )
         e.add_argument("flow", metavar="DIR", help="a saved flow")
         e.add_argument("input", metavar="IN", help=f"{src}: .npy, .npz or .csv, one per row")
@@ -126,13 +124,12 @@ def _build_parser() -> argparse.ArgumentParser:
         )
         e.add_argument("--key", default=None, help="array name inside an .npz input")
         e.add_argument("--overwrite", action="store_true", help="replace an existing OUT.npy")
-
-    s = sub.add_parser(
+    s = _add(
+        sub,
         "sample",
-        help="draw samples from a saved flow",
-        description="Draw N samples from the flow's base distribution, decoded to data space.",
-        epilog="example:\n  inflow sample moons-flow -n 1000 --seed 1 --out samples.npy",
-        formatter_class=fmt,
+        "draw samples from a saved flow",
+        "Draw N samples from the flow's base distribution, decoded to data space.",
+        "example:\n  inflow sample moons-flow -n 1000 --seed 1 --out samples.npy",
     )
     s.add_argument("flow", metavar="DIR", help="a saved flow")
     s.add_argument("-n", "--num-samples", type=int, required=True, metavar="N", help="samples")
@@ -140,39 +137,42 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, metavar="OUT.npy", help="where to write (N, D)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing OUT.npy")
 
-    i = sub.add_parser(
+
+def _add_info_and_demo(sub) -> None:
+    i = _add(
+        sub,
         "info",
-        help="print a summary of a saved flow",
-        description="Print the configuration of a saved flow (no arrays are loaded).",
-        epilog="example:\n  inflow info moons-flow",
-        formatter_class=fmt,
+        "print a summary of a saved flow",
+        "Print the configuration of a saved flow (no arrays are loaded).",
+        "example:\n  inflow info moons-flow",
     )
     i.add_argument("flow", metavar="DIR", help="a saved flow")
     i.add_argument("--json", action="store_true", help="print the full config.json instead")
-
-    d = sub.add_parser(
+    d = _add(
+        sub,
         "demo",
-        help="run the end-to-end demo (python -m numpyro_inflow.demo)",
-        description="Run the end-to-end demo: inpainting a held-out digit with the shipped "
+        "run the end-to-end demo (python -m numpyro_inflow.demo)",
+        "Run the end-to-end demo: inpainting a held-out digit with the shipped "
         "digits prior and NUTS, plus a calibration check; with --oracle the exact "
         "Gaussian-mixture flow demo. Arguments after 'demo' go to the demo "
         "(see 'inflow demo --help' and 'inflow demo --oracle --help').",
-        epilog="examples:\n  inflow demo --out inflow-demo --quiet\n  inflow demo --quick\n"
+        "examples:\n  inflow demo --out inflow-demo --quiet\n  inflow demo --quick\n"
         "  inflow demo --oracle",
-        formatter_class=fmt,
         add_help=False,
     )
     d.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the demo")
 
-    c = sub.add_parser(
+
+def _add_sbc(sub) -> None:
+    c = _add(
+        sub,
         "sbc",
-        help="simulation-based calibration of posterior sampling with a saved flow prior",
-        description="Simulation-based calibration (nif.sbc) of the denoising problem "
+        "simulation-based calibration of posterior sampling with a saved flow prior",
+        "Simulation-based calibration (nif.sbc) of the denoising problem "
         "y = x + N(0, noise^2 I) with the saved flow as the prior on x, sampled in its "
         "latent space: prints the Holm-adjusted p-value of each latent coordinate and a "
         "verdict. Uniform ranks (large p-values) mean calibrated posteriors.",
-        epilog="example:\n  inflow sbc moons-flow --simulations 100 --kernel mala --out sbc.json",
-        formatter_class=fmt,
+        "example:\n  inflow sbc moons-flow --simulations 100 --kernel mala --out sbc.json",
     )
     c.add_argument("flow", metavar="DIR", help="a saved flow")
     c.add_argument("--noise", type=float, default=0.3, help="observation noise sd (default 0.3)")
@@ -187,6 +187,22 @@ def _build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", default=None, metavar="REPORT.json", help="also write a JSON report")
     c.add_argument("--overwrite", action="store_true", help="replace an existing REPORT.json")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog=_PROG,
+        description="Inflationary flows (de Albuquerque & Pearson, NeurIPS 2024) from the "
+        "command line: train a flow on data, map points to and from its latent space, "
+        "draw samples, inspect a saved flow.",
+        epilog="Run 'inflow SUBCOMMAND --help' for the options of each subcommand.",
+        formatter_class=_Formatter,
+    )
+    p.add_argument("--version", action="version", version=f"numpyro_inflow {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="SUBCOMMAND", parser_class=_Parser)
+    sub.required = True
+    for add in (_add_train, _add_map_and_sample, _add_info_and_demo, _add_sbc):
+        add(sub)
     return p
 
 
@@ -207,14 +223,8 @@ def _check_out_file(out: str, overwrite: bool) -> Path:
 def _write_npy(path: Path, array) -> None:
     import numpy as np
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, np.asarray(array), allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, overwrite=True, name="--out") as tmp, tmp.open("wb") as f:
+        np.save(f, np.asarray(array), allow_pickle=False)
 
 
 def _check_out_dir(out: str, overwrite: bool) -> None:
@@ -257,26 +267,12 @@ def _cmd_train(a) -> int:
     _positive(a.batch_size, "--batch-size")
     if a.seed < 0:
         raise ValueError(f"--seed: expected a non-negative integer; got {a.seed}")
-    try:
-        from .train import fit
-    except ImportError:
-        raise ValueError(
-            "train: not available yet (numpyro_inflow.train.fit is missing in this version)"
-        ) from None
+    from .train import fit
+
     x = datasets.load(a.data, n=a.num_points, seed=a.seed, key=a.key)
-    kwargs = {"keep": a.keep, "seed": a.seed}
-    if a.steps is not None:
-        kwargs["steps"] = a.steps
-    if a.batch_size is not None:
-        kwargs["batch_size"] = a.batch_size
-    params = inspect.signature(fit).parameters
-    if "progress" in params:
-        kwargs["progress"] = not a.quiet
-    elif "quiet" in params:
-        kwargs["quiet"] = a.quiet
-    elif "verbose" in params:
-        kwargs["verbose"] = not a.quiet
-    flow = fit(x, **kwargs)
+    budget = {"steps": a.steps, "batch_size": a.batch_size}
+    budget = {k: v for k, v in budget.items() if v is not None}
+    flow = fit(x, keep=a.keep, seed=a.seed, progress=not a.quiet, **budget)
     metadata = {
         "created_by": "inflow train",
         "data": a.data,
@@ -326,8 +322,8 @@ def _cmd_sample(a) -> int:
 
 
 def _fmt_obj(rec: dict) -> str:
-    fields = ", ".join(f"{k}={v}" for k, v in rec.get("fields", {}).items())
-    return f"{rec.get('class', '?')}({fields})"
+    options = ", ".join(f"{k}={v}" for k, v in rec.items() if k != "name")
+    return f"{rec.get('name', '?')}({options})"
 
 
 def _cmd_info(a) -> int:
@@ -459,10 +455,8 @@ def _cmd_sbc(a) -> int:
     )
     print(f"SBC ({result.num_simulations} simulations, {a.kernel}): {verdict}")
     if out is not None:
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-        with os.fdopen(fd, "w") as f:
-            json.dump(report, f, indent=2)
-        os.replace(tmp, out)
+        with atomic_file(out, overwrite=True, name="--out") as tmp:
+            tmp.write_text(json.dumps(report, indent=2))
     return 0
 
 

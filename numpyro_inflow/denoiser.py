@@ -263,7 +263,9 @@ class LearnedDenoiser(AbstractScore):
 
     @classmethod
     def from_config(cls, config: dict) -> LearnedDenoiser:
-        """A skeleton of the right shapes (weights are placeholders) from `config`.
+        """A skeleton from `config`: the weights are ``jax.ShapeDtypeStruct`` (no memory).
+
+        Fill it with ``eqx.tree_deserialise_leaves(path, skeleton)``.
 
         Raises:
             ValueError: for a malformed or incompatible configuration.
@@ -288,12 +290,13 @@ class LearnedDenoiser(AbstractScore):
         except TypeError as err:
             raise ValueError(f"config: hyperparameters not accepted: {err}") from None
         dt = jnp.dtype(config["dtype"])
-        # Shapes only (no compilation); the weights are overwritten by deserialisation.
-        shapes = jax.eval_shape(
-            net.init, jax.random.key(0), jnp.zeros((1, net.dim), dt), jnp.zeros((1,), dt)
-        )["params"]
-        params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-        return cls(params, net, config["architecture"], config["space"], config["t_ref"])
+
+        def init():  # traced for shapes only: no weights are computed
+            params = net.init(jax.random.key(0), jnp.zeros((1, net.dim), dt), jnp.zeros(1, dt))
+            args = config["architecture"], config["space"], config["t_ref"]
+            return cls(params["params"], net, *args)
+
+        return eqx.filter_eval_shape(init)
 
     def apply(self, x_in: jax.Array, c_noise: jax.Array) -> jax.Array:
         r"""The raw network output $F_\theta$ for inputs ``(..., D)`` and labels ``(...)``."""

@@ -9,7 +9,8 @@ import pytest
 from conftest import random_mixture, ring_mixture
 
 import numpyro_inflow as nif
-from numpyro_inflow.persistence import FORMAT_VERSION, atomic_directory, read_config
+from numpyro_inflow._io import atomic_directory
+from numpyro_inflow.persistence import FORMAT_VERSION, read_config
 
 
 def _gm_flow(keep=None, **kwargs):
@@ -97,18 +98,25 @@ def test_config_json_is_readable_and_matches_the_flow(saved):
     assert (s["dim"], s["keep"], s["dtype"]) == (3, 1, "float32")
     assert (s["gamma0"], s["rho"], s["A0"], s["t_end"]) == (sch.gamma0, sch.rho, sch.A0, sch.t_end)
     assert s["proportional"] is False
-    f = cfg["flow"]
-    assert f["solver"]["class"] == "diffrax.Tsit5"
+    f = cfg["flow"]  # the flow's settings, in their closed vocabulary of plain values
+    assert f == flow.settings()
+    assert f["solver"] == {"name": "Tsit5"}
     assert f["stepsize_controller"] == {
-        "class": "diffrax.PIDController",
-        "fields": {"rtol": 1e-4, "atol": 1e-4, "pcoeff": 0.2, "icoeff": 0.5},
+        "name": "PIDController",
+        "rtol": 1e-4,
+        "atol": 1e-4,
+        "pcoeff": 0.2,
+        "icoeff": 0.5,
+        "norm": "rms_norm",
     }
     assert f["max_steps"] == 2000
     assert cfg["score"] == {
         "class": "GaussianMixtureScore",
         "config": {"n_components": 3, "dim": 3, "dtype": "float32"},
     }
-    # The summary is for people; it agrees with an independent eigen-decomposition.
+    # The summary is for people; it agrees with an independent eigen-decomposition. The
+    # flow is float32: its eigenvalues (0.32 to 13.6 here) carry an absolute error of about
+    # eps32 * lam_max = 1e-6, a relative 3e-6 at most, well inside rtol = 1e-4.
     lam = np.linalg.eigvalsh(np.asarray(flow.score.moments()[1], np.float64))[::-1]
     np.testing.assert_allclose(cfg["summary"]["eigenvalues"], lam, rtol=1e-4)
 
@@ -141,6 +149,10 @@ def test_unsupported_score_is_refused_before_writing(tmp_path):
     odd = nif.InflationaryFlow(flow.schedule, Shifted())
     with pytest.raises(ValueError, match=r"flow\.score: expected one of the savable"):
         nif.save_flow(odd, tmp_path / "x")
+    # A solver outside the settings vocabulary is refused too, before anything is written.
+    implicit = flow.replace(solver=diffrax.Kvaerno5())
+    with pytest.raises(ValueError, match="solver: expected one of"):
+        nif.save_flow(implicit, tmp_path / "x")
     assert not (tmp_path / "x").exists()
 
 
@@ -243,7 +255,7 @@ def _flip_byte(p):
         (lambda p: (p / "config.json").write_text("[1, 2]"), "expected format"),
         (
             lambda p: _edit_config(p, lambda c: c.__setitem__("format_version", 99)),
-            "expected format_version 1.*got 99",
+            f"expected format_version {FORMAT_VERSION}.*got 99",
         ),
         (lambda p: _edit_config(p, lambda c: c.pop("flow")), "expected a 'flow' section"),
         (lambda p: _edit_config(p, lambda c: c["schedule"].pop("t_end")), "'t_end'"),
@@ -263,10 +275,12 @@ def _flip_byte(p):
             "score.class: expected one of",
         ),
         (
-            lambda p: _edit_config(
-                p, lambda c: c["flow"]["solver"].__setitem__("class", "os.system")
-            ),
-            "expected a diffrax or numpyro_inflow class; got 'os.system'",
+            lambda p: _edit_config(p, _set("flow", "solver", {"name": "os.system"})),
+            r"settings\['solver'\]: expected \{'name': one of",
+        ),
+        (
+            lambda p: _edit_config(p, lambda c: c["flow"].pop("max_steps")),
+            r"settings\['max_steps'\]: expected an entry",
         ),
         (_truncate, "SHA-256"),
         (_flip_byte, "SHA-256"),
@@ -286,6 +300,7 @@ def _flip_byte(p):
         "float64",
         "unknown-score",
         "foreign-class",
+        "missing-setting",
         "truncated",
         "bit-flip",
         "truncated-no-checksum",

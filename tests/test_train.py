@@ -1,41 +1,75 @@
-"""fit(): loss, EMA, determinism, no retracing, divergence, sharding, checkpoints/resume."""
+"""Training: loss, EMA, determinism, no retracing, divergence, sharding, checkpoints/resume.
+
+Every test here runs under ``jax.enable_x64`` (a context, not a process-wide switch) and
+trains in float64: a training run amplifies rounding, so only in float64 are its numbers
+the same, to far below the thresholds used, on any CPU and thread count.
+"""
 
 import os
 import subprocess
 import sys
 import textwrap
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import numpyro_inflow as nif
-from numpyro_inflow import train as train_mod
+from numpyro_inflow.checkpoint import Checkpoints
 from numpyro_inflow.denoiser import denoising_loss_terms
+from numpyro_inflow.train import adam_warmup_cosine, fit_with_history, init_flow, train_flow
 
 TINY = dict(width=16, depth=1)
-FAST = dict(batch_size=64, progress=False, network_kwargs=TINY, return_history=True)
+FAST = dict(batch_size=64, progress=False, network=TINY)
 
 
-def two_blobs(n=3000, seed=0):
+@pytest.fixture(autouse=True, scope="module")
+def _x64_module():
+    with jax.enable_x64(True):
+        yield
+
+
+def two_blobs(n=3000, seed=0, dtype=np.float64):
     """Two tight, well separated clusters: far from Gaussian, so training has work to do."""
     rng = np.random.default_rng(seed)
     centres = np.array([[-2.0, 0.5], [2.0, -0.5]])
-    return (centres[rng.integers(0, 2, n)] + 0.15 * rng.normal(size=(n, 2))).astype(np.float32)
+    return (centres[rng.integers(0, 2, n)] + 0.15 * rng.normal(size=(n, 2))).astype(dtype)
 
 
 def leaves(tree):
     return [np.asarray(a) for a in jax.tree.leaves(tree)]
 
 
+def counted(optimiser):
+    """``optimiser`` whose update may be traced once: it runs inside the compiled chunk."""
+    update = eqx.debug.assert_max_traces(optimiser.update, max_traces=1)
+    return optax.GradientTransformation(optimiser.init, update), update
+
+
+class TracedScore(nif.AbstractScore):
+    """A learned denoiser whose ``denoise`` counts its traces (calls while jit traces)."""
+
+    inner: nif.LearnedDenoiser
+    denoise_fn: eqx.Module  # eqx.debug.assert_max_traces wrapper
+
+    @property
+    def dim(self):
+        return self.inner.dim
+
+    def denoise(self, w, t, schedule):
+        return self.denoise_fn(self.inner, w, t, schedule)
+
+
 @pytest.fixture(scope="module")
 def trained():
-    before = dict(train_mod._TRACE_COUNTS)
-    flow, hist = nif.fit(two_blobs(), steps=250, learning_rate=1e-2, t_end=8.0, **FAST)
-    after = dict(train_mod._TRACE_COUNTS)
-    traces = {k: after.get(k, 0) - before.get(k, 0) for k in after}
-    return flow, hist, traces
+    optimiser, update = counted(adam_warmup_cosine(250, 1e-2))
+    flow, hist = fit_with_history(
+        two_blobs(), steps=250, optimiser=optimiser, schedule=dict(t_end=8.0), **FAST
+    )
+    return flow, hist, eqx.debug.get_num_traces(update)
 
 
 def test_loss_decreases_towards_the_oracle(trained):
@@ -70,19 +104,43 @@ def test_ema_and_raw_weights_differ(trained):
 
 
 def test_step_is_compiled_once(trained):
-    # 250 steps = 3 compiled chunks of 100 (the last one partly masked) and several
-    # validation calls, yet each function is traced exactly once.
-    _, hist, traces = trained
+    # 250 steps = 3 compiled chunks of 100 (the last one partly masked), yet the chunk
+    # (where the optimiser's update runs) is traced exactly once.
+    _, hist, update_traces = trained
     assert len(hist.val_step) >= 3
-    assert traces == {"train_chunk": 1, "validation": 1}
+    assert update_traces == 1
+
+
+def test_validation_is_compiled_once():
+    # The denoiser is traced once for the training chunk and once for the validation
+    # loss, however many chunks and validations run (here 3 and 3).
+    x = two_blobs(400)
+    flow0 = init_flow(x, network=TINY)
+    traced = eqx.debug.assert_max_traces(lambda d, w, t, s: d.denoise(w, t, s), max_traces=2)
+    flow0 = eqx.tree_at(lambda f: f.score, flow0, TracedScore(flow0.score, traced))
+    optimiser, update = counted(adam_warmup_cosine(30))
+    _, hist = train_flow(
+        flow0,
+        x,
+        optimiser,
+        steps=30,
+        batch_size=32,
+        key=jax.random.key(0),
+        validation=x[:50],
+        eval_every=10,
+        progress=False,
+    )
+    assert hist.val_step == [10, 20, 30]
+    assert eqx.debug.get_num_traces(update) == 1
+    assert eqx.debug.get_num_traces(traced) == 2
 
 
 def test_deterministic_for_a_seed():
     x = two_blobs(500)
     kw = dict(steps=30, **FAST)
-    f1, h1 = nif.fit(x, seed=3, **kw)
-    f2, h2 = nif.fit(x, seed=3, **kw)
-    _, h3 = nif.fit(x, seed=4, **kw)
+    f1, h1 = fit_with_history(x, seed=3, **kw)
+    f2, h2 = fit_with_history(x, seed=3, **kw)
+    _, h3 = fit_with_history(x, seed=4, **kw)
     np.testing.assert_array_equal(h1.loss, h2.loss)
     for a, b in zip(leaves(f1.score), leaves(f2.score), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -95,13 +153,10 @@ def test_schedule_arguments_pass_through():
         x,
         keep=1,
         steps=2,
-        inflation_gap=1.5,
-        rho=2.0,
-        gamma0=1e-3,
-        t_end=6.0,
+        schedule=dict(inflation_gap=1.5, rho=2.0, gamma0=1e-3, t_end=6.0),
         batch_size=32,
         progress=False,
-        network_kwargs=TINY,
+        network=TINY,
     )
     sch = flow.schedule
     assert (sch.keep, sch.rho, sch.gamma0, sch.t_end) == (1, 2.0, 1e-3, 6.0)
@@ -116,19 +171,16 @@ def test_gaussian_data_trained_net_approaches_the_analytic_minimum():
     a = np.array([[1.0, 0.0], [0.8, 0.5]])
     cov = a @ a.T
     rng = np.random.default_rng(0)
-    x = (rng.normal(size=(4000, 2)) @ a.T).astype(np.float32)
-    flow, hist = nif.fit(
+    x = rng.normal(size=(4000, 2)) @ a.T
+    flow, hist = fit_with_history(
         x,
         steps=300,
-        learning_rate=3e-3,
+        optimiser=dict(learning_rate=3e-3),
         batch_size=128,
         progress=False,
-        network_kwargs=dict(width=16, depth=1, output_scale=3.0),
-        return_history=True,
+        network=dict(width=16, depth=1, output_scale=3.0),
     )
-    oracle = nif.GaussianMixtureScore(
-        jnp.ones(1), jnp.zeros((1, 2)), jnp.asarray(cov[None], jnp.float32)
-    )
+    oracle = nif.GaussianMixtureScore(jnp.ones(1), jnp.zeros((1, 2)), jnp.asarray(cov[None]))
     sch = flow.schedule
     u0 = sch.to_eigen(oracle.sample(jax.random.key(1), 50_000))
     kt, ke = jax.random.split(jax.random.key(2))
@@ -142,17 +194,15 @@ def test_gaussian_data_trained_net_approaches_the_analytic_minimum():
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_state():
-    x = two_blobs(300)
+    x = two_blobs(300, dtype=np.float32)  # float32 overflows within a few steps
     with pytest.warns(RuntimeWarning, match="non-finite loss"):
-        flow, hist = nif.fit(
+        flow, hist = fit_with_history(
             x,
             steps=200,
-            learning_rate=1e30,
-            grad_clip=1e30,
+            optimiser=dict(learning_rate=1e30, grad_clip=1e30),
             batch_size=32,
             progress=False,
-            network_kwargs=TINY,
-            return_history=True,
+            network=TINY,
         )
     assert hist.stopped is not None and "non-finite" in hist.stopped
     assert hist.steps < 200 and len(hist.loss) == hist.steps
@@ -161,14 +211,17 @@ def test_non_finite_loss_stops_and_keeps_last_good_state():
 
 
 def test_progress_bar_shows_loss_and_throughput(capsys):
-    nif.fit(two_blobs(300), steps=20, batch_size=32, network_kwargs=TINY, progress=True)
+    nif.fit(two_blobs(300), steps=20, batch_size=32, network=TINY, progress=True)
     err = capsys.readouterr().err
     assert "loss=" in err and "samples/s=" in err and "20/20" in err
 
 
 def test_checkpoint_resume_equals_uninterrupted_run(tmp_path):
     x = two_blobs(400)
-    kw = dict(steps=120, checkpoint_every=40, **FAST)
+    kw = dict(steps=120, **FAST)
+
+    def ckpt(name, **options):
+        return Checkpoints(tmp_path / name, every=40, **options)
 
     class Interrupt(Exception):
         pass
@@ -178,43 +231,51 @@ def test_checkpoint_resume_equals_uninterrupted_run(tmp_path):
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        nif.fit(x, checkpoint_dir=tmp_path / "a", callback=stop_at_80, **kw)
+        nif.fit(x, checkpoints=ckpt("a"), callback=stop_at_80, **kw)
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [
         "step_000000040",
         "step_000000080",
     ]
-    resumed, h_res = nif.fit(x, checkpoint_dir=tmp_path / "a", resume=True, **kw)
-    full, h_full = nif.fit(x, checkpoint_dir=tmp_path / "b", **kw)
+    resumed, h_res = fit_with_history(x, checkpoints=ckpt("a", resume=True), **kw)
+    full, h_full = fit_with_history(x, checkpoints=ckpt("b"), **kw)
     np.testing.assert_array_equal(h_res.loss, h_full.loss)
     assert h_res.val_loss == h_full.val_loss and h_res.val_step == h_full.val_step
     for a, b in zip(leaves(resumed.score), leaves(full.score), strict=True):
         np.testing.assert_array_equal(a, b)
     # A finished run resumes to itself without training; other settings are refused.
-    again, h_again = nif.fit(x, checkpoint_dir=tmp_path / "b", resume=True, **kw)
+    again, h_again = fit_with_history(x, checkpoints=ckpt("b", resume=True), **kw)
     assert h_again.steps == 120
     for a, b in zip(leaves(again.score), leaves(full.score), strict=True):
         np.testing.assert_array_equal(a, b)
-    with pytest.raises(ValueError, match="different data or training settings"):
-        nif.fit(x, checkpoint_dir=tmp_path / "b", resume=True, **{**kw, "seed": 1})
+    for change in ({"seed": 1}, {"optimiser": {"learning_rate": 1e-3}}):
+        with pytest.raises(ValueError, match="different data or training settings"):
+            nif.fit(x, checkpoints=ckpt("b", resume=True), **{**kw, **change})
+    # a path to one snapshot is a valid source too
+    snapshot = Checkpoints(tmp_path / "c", resume=tmp_path / "b" / "step_000000120")
+    _, h_one = fit_with_history(x, checkpoints=snapshot, **kw)
+    np.testing.assert_array_equal(h_one.loss, h_full.loss)
     with pytest.raises(ValueError, match="resume: expected a checkpoint"):
-        nif.fit(x, resume=tmp_path / "nothing-here", **{**kw, "checkpoint_every": None})
+        nif.fit(x, checkpoints=ckpt("c", resume=tmp_path / "nothing-here"), **kw)
 
 
 _SHARDING_SCRIPT = textwrap.dedent(
     """
     import jax, numpy as np
+    jax.config.update("jax_enable_x64", True)  # a separate process: switched on for it only
     import numpyro_inflow as nif
+    from numpyro_inflow.train import fit_with_history
     assert len(jax.devices()) == 2, jax.devices()
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(600, 2)).astype(np.float32) * [2.0, 0.5]
-    kw = dict(steps=60, batch_size=64, progress=False, return_history=True,
-              network_kwargs=dict(width=16, depth=1))
-    f1, h1 = nif.fit(x, devices=jax.devices()[:1], **kw)
-    f2, h2 = nif.fit(x, **kw)
-    np.testing.assert_allclose(h1.loss, h2.loss, rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(h1.val_loss, h2.val_loss, rtol=1e-4)
+    x = rng.normal(size=(600, 2)) * [2.0, 0.5]  # float64: the whole run is float64
+    kw = dict(steps=60, batch_size=64, progress=False, network=dict(width=16, depth=1))
+    f1, h1 = fit_with_history(x, devices=jax.devices()[:1], **kw)
+    f2, h2 = fit_with_history(x, **kw)
+    # The runs differ only in how the batch sums are split between the devices: a
+    # rounding of ~1e-16 per step, which 60 steps cannot grow anywhere near 1e-9.
+    np.testing.assert_allclose(h1.loss, h2.loss, rtol=1e-9)
+    np.testing.assert_allclose(h1.val_loss, h2.val_loss, rtol=1e-9)
     for a, b in zip(jax.tree.leaves(f1.score), jax.tree.leaves(f2.score)):
-        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
     try:
         nif.fit(x, batch_size=63, steps=2, progress=False)
     except ValueError as e:
@@ -257,14 +318,33 @@ def test_two_forced_cpu_devices_give_the_same_loss_curve():
         (None, {"batch_size": 0}, "batch_size: expected an integer >= 1"),
         (None, {"batch_size": 2.5}, "batch_size: expected an integer"),
         (None, {"validation_fraction": 1.0}, "validation_fraction"),
-        (None, {"learning_rate": -1.0}, "learning_rate"),
-        (None, {"checkpoint_every": 5}, "checkpoint_dir: expected a directory"),
-        (None, {"resume": True}, "resume: expected a checkpoint path"),
-        (None, {"network_kwargs": {"widht": 3}}, "hyperparameters"),
+        (None, {"optimiser": {"learning_rate": -1.0}}, "learning_rate"),
+        (None, {"optimiser": {"grad_clip": 0.0}}, "grad_clip"),
+        (None, {"optimiser": "adam"}, "optimiser: expected a dict"),
+        (None, {"checkpoints": "ckpt"}, "checkpoints: expected a Checkpoints"),
+        (None, {"network": {"widht": 3}}, "hyperparameters"),
         (None, {"keep": 2}, "keep: expected None"),
+        (None, {"schedule": {"inflation_gap": 1.0}}, "inflation_gap: only meaningful"),
+        (None, {"ema_half_life": 0}, "ema_half_life: expected an integer >= 1"),
+        (None, {"devices": []}, "devices: expected at least one device"),
     ],
 )
 def test_bad_inputs(x, kwargs, match):
     x = two_blobs(50) if x is None else x
     with pytest.raises(ValueError, match=match):
         nif.fit(x, progress=False, **kwargs)
+
+
+def test_bad_checkpoint_settings_and_data_for_train_flow():
+    with pytest.raises(ValueError, match="every: expected a positive integer"):
+        Checkpoints("ckpt", every=0)
+    with pytest.raises(ValueError, match="keep: expected a positive integer"):
+        Checkpoints("ckpt", keep=0)
+    flow = init_flow(two_blobs(50), network=TINY)
+    opt = adam_warmup_cosine(5)
+    with pytest.raises(ValueError, match=r"x: expected a 2-D array \(N, 2\)"):
+        train_flow(
+            flow, np.zeros((10, 3), np.float32), opt, steps=5, batch_size=8, key=jax.random.key(0)
+        )
+    with pytest.raises(ValueError, match="flow: expected an InflationaryFlow"):
+        train_flow(flow.score, two_blobs(50), opt, steps=5, batch_size=8, key=jax.random.key(0))
