@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from .numpyro import InflationaryFlowDistribution, _check_flow, decode_standard_latent
+from .flow import InflationaryFlow
 
 __all__ = ["LatentLaplace", "laplace_approximation", "latent_map"]
 
@@ -59,7 +59,8 @@ class LatentLaplace(NamedTuple):
 
 
 def _check(flow, observation, y, steps, learning_rate, reduced):
-    _check_flow(flow)
+    if not isinstance(flow, InflationaryFlow):
+        raise ValueError(f"flow: expected an InflationaryFlow; got {type(flow).__name__}")
     observation.check_flow(flow)
     y = observation.check_observation(y)
     if y.ndim > 2:
@@ -75,16 +76,10 @@ def _check(flow, observation, y, steps, learning_rate, reduced):
     return y, n
 
 
-def _decoder(flow, reduced: bool):
-    prior = InflationaryFlowDistribution(flow)
-    return lambda xi: decode_standard_latent(prior, xi, reduced=reduced)
-
-
 def _map_one(flow, observation, y, init, steps, learning_rate, reduced):
-    decode = _decoder(flow, reduced)
-
     def potential(xi):
-        return 0.5 * jnp.sum(xi**2) - observation.log_likelihood(decode(xi), y)
+        x = flow.decode_standardized(xi, reduced=reduced)
+        return 0.5 * jnp.sum(xi**2) - observation.log_likelihood(x, y)
 
     opt = optax.adam(learning_rate)
 
@@ -163,8 +158,13 @@ def _laplace_at(flow, observation, xi, reduced):
 
 
 def _laplace_one(flow, observation, xi, reduced):
-    decode = _decoder(flow, reduced)
-    g = jax.jacrev(lambda v: observation.forward(decode(v)) / observation.noise_std)(xi)
+    def whitened_forward(v):
+        return (
+            observation.forward(flow.decode_standardized(v, reduced=reduced))
+            / observation.noise_std
+        )
+
+    g = jax.jacrev(whitened_forward)(xi)
     h = jnp.eye(xi.shape[0], dtype=xi.dtype) + g.T @ g
     # H >= I, so its inverse is well conditioned from above; symmetrize before Cholesky.
     cov = jnp.linalg.inv(h)

@@ -1,40 +1,39 @@
-r"""Inflationary flows as NumPyro objects: a transform, a distribution and a reparameterizer.
+r"""Inflationary flows as NumPyro objects, composed from NumPyro's own classes.
 
-Three ways to use a trained (or oracle) `InflationaryFlow` as a
-prior in a NumPyro model:
+* `InflationaryFlowTransform` (latent $z \to$ data $x$) and `ReducedLatentTransform`
+  ($R^k \to R^D$ for PR-reducing flows): NumPyro ``Transform`` objects.
+* `InflationaryFlowDistribution`: the ``TransformedDistribution`` of the base
+  $N(0, \operatorname{diag}(\text{base variance}))$ under `InflationaryFlowTransform`,
+  whose `log_prob` is one augmented encode solve (the instantaneous change of variables
+  of de Albuquerque & Pearson 2024). ``numpyro.sample("x", InflationaryFlowDistribution(flow))``
+  needs no handler; NUTS then moves in data space.
+* `LatentReparam`: NumPyro's ``TransformReparam`` from the standardized latent, so that
+  NUTS samples the latent and ``x`` is decoded by one plain solve per evaluation (no
+  density, no Jacobian, a far better conditioned posterior): the fast path.
 
-* `InflationaryFlowDistribution` (also ``InflationaryFlowDistribution(flow)``): a distribution over
-  data space. ``numpyro.sample("x", InflationaryFlowDistribution(flow))`` works without any handler; NUTS
-  then moves in data space and evaluates $\log q(x)$ by one augmented ODE solve
-  per gradient (the instantaneous change of variables, DESIGN.md §2).
-* `LatentReparam`: with ``numpyro.handlers.reparam(config={"x": LatentReparam()})``
-  NUTS samples the flow's latent instead (``k``-dimensional for PR-reducing flows) and
-  ``x`` becomes the decoded point, a deterministic site. No density and no Jacobian
-  is needed, so each gradient is one plain decode solve; the latent posterior is
-  also much better conditioned. This is the fast path.
-* `InflationaryFlowTransform` / `ReducedLatentTransform`: the underlying
-  NumPyro transforms (latent -> data), usable in ``TransformedDistribution`` and
-  anywhere NumPyro takes a ``Transform``.
-
-Failed ODE solves (step limit reached, non-finite state) never crash a NumPyro run:
-the distribution and the reparameterizer rebuild the flow with ``throw=False``, so a
-failure turns the log-density into $-\infty$ and the proposal is rejected like
-a divergence. Count such events with `SolveFailureCounter`.
+Failed ODE solves never crash a NumPyro run: the distribution rebuilds the flow with
+``throw=False``, a failed solve gives log-density $-\infty$ (the reparameterizer adds a
+factor of $-\infty$, `reject_failed_solves`) and the proposal is rejected like a
+divergence; `SolveFailureCounter` counts them. Forward-mode differentiation
+(``NUTS(..., forward_mode_differentiation=True)``) needs a flow built with
+``adjoint=diffrax.ForwardMode()``; with the default adjoint the flow raises a
+``TypeError`` that says so.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import ClassVar
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro
 import numpyro.distributions as dist
 from numpyro.distributions import constraints
-from numpyro.distributions.transforms import Transform
-from numpyro.infer.reparam import Reparam
+from numpyro.distributions.transforms import AffineTransform, IndependentTransform, Transform
+from numpyro.infer.reparam import TransformReparam
+from numpyro.primitives import Messenger
 
 from .flow import InflationaryFlow
 
@@ -44,46 +43,45 @@ __all__ = [
     "LatentReparam",
     "ReducedLatentTransform",
     "SolveFailureCounter",
+    "reject_failed_solves",
 ]
 
 
-# ---------------------------------------------------------------------- failure counting
+# ---------------------------------------------------------------------- failed solves
 _ACTIVE_COUNTERS: list[SolveFailureCounter] = []
 _LOCK = threading.Lock()
 
 
 def _host_record(n_failed) -> None:
-    n = int(jnp.sum(jnp.asarray(n_failed)))
+    n = int(np.sum(n_failed))
     with _LOCK:
         for counter in _ACTIVE_COUNTERS:
             counter._count += n
 
 
-def _record_failures(failed: jax.Array) -> None:
-    """Report ``sum(failed)`` failed solves to every active `SolveFailureCounter`.
-
-    The host callback runs only when something failed (under ``vmap`` the ``cond``
-    becomes a ``select`` and it runs for every batch element, reporting 0 or more).
-    """
-    n = jnp.sum(failed.astype(jnp.int32))
+def _succeeded(a: jax.Array, event_ndim: int) -> jax.Array:
+    # True where `a` is finite over its last event_ndim axes; the others are counted by a
+    # host callback that runs only when something failed (under vmap the cond becomes a
+    # select and it runs for every batch element, reporting 0 or more).
+    ok = jnp.all(jnp.isfinite(a), axis=tuple(range(a.ndim - event_ndim, a.ndim)))
+    n = jnp.sum(~ok, dtype=jnp.int32)
     jax.lax.cond(n > 0, lambda: jax.debug.callback(_host_record, n), lambda: None)
+    return ok
 
 
 class SolveFailureCounter:
-    """Context manager counting failed ODE solves inside NumPyro objects of this module.
+    """Context manager counting failed ODE solves inside the NumPyro objects of this module.
 
-    Every log-density or decode evaluation of an `InflationaryFlowDistribution`
-    or a `LatentReparam` site whose solve fails (step limit reached, non-finite
-    state) adds one per failed point while a counter is active. Under NUTS such an
-    evaluation has log-density $-\\infty$, so the proposal is rejected and the
-    trajectory is marked divergent; the count says how many of the divergences came
-    from the ODE solver. Counting works under ``jit``, ``vmap`` and ``grad`` (a JAX
-    host callback that runs only when a solve failed).
+    Every sample, log-density or decode of an `InflationaryFlowDistribution` or a
+    `LatentReparam` site whose solve fails (step limit reached, non-finite state) adds
+    one per failed point while a counter is active: how many of a run's divergences came
+    from the ODE solver. Works under ``jit``, ``vmap`` and ``grad`` (a host callback
+    that runs only when a solve failed).
 
     Attributes:
         count: failed solves seen so far (read it after the run).
 
-    Example:
+    Examples:
         >>> import numpyro_inflow as nif
         >>> with nif.SolveFailureCounter() as failures:
         ...     pass  # mcmc.run(...)
@@ -119,25 +117,38 @@ class SolveFailureCounter:
         return f"SolveFailureCounter(count={self._count})"
 
 
-def _finite_rows(*arrays_and_event_ndims) -> jax.Array:
-    ok = None
-    for a, ndim in arrays_and_event_ndims:
-        f = jnp.isfinite(a)
-        if ndim:
-            f = jnp.all(f, axis=tuple(range(-ndim, 0)))
-        ok = f if ok is None else ok & f
-    return ok
+def reject_failed_solves(name: str, x) -> jax.Array:
+    r"""Inside a NumPyro model, reject every trace in which decoding ``x`` failed.
+
+    Adds the factor ``"<name>_solve_failed"``, $0$ for each finite point of ``x`` and
+    $-\infty$ for each point with a NaN (a failed solve of a ``throw=False`` flow),
+    which NUTS treats as a divergence; `SolveFailureCounter` counts the failed points.
+
+    Args:
+        name: the site name the factor is named after.
+        x: decoded points ``(..., D)``.
+
+    Returns:
+        ``x``, unchanged.
+
+    Examples:
+        >>> import jax.numpy as jnp, numpyro
+        >>> tr = numpyro.handlers.trace(
+        ...     lambda: reject_failed_solves("x", jnp.array([[0.0, 1.0], [jnp.nan, 0.0]]))
+        ... ).get_trace()
+        >>> tr["x_solve_failed"]["fn"].log_factor.tolist()
+        [0.0, -inf]
+    """
+    ok = _succeeded(x, 1)
+    numpyro.factor(f"{name}_solve_failed", jnp.where(ok, 0.0, -jnp.inf))
+    return x
 
 
-# ---------------------------------------------------------------------- flow storage
-def _check_flow(flow, name: str = "flow") -> InflationaryFlow:
+# ---------------------------------------------------------------------- transforms
+def _flow_arg(flow) -> InflationaryFlow:
     if not isinstance(flow, InflationaryFlow):
-        raise ValueError(f"{name}: expected an InflationaryFlow; got {type(flow).__name__}")
+        raise ValueError(f"flow: expected an InflationaryFlow; got {type(flow).__name__}")
     return flow
-
-
-def _robust(flow: InflationaryFlow, robust: bool) -> InflationaryFlow:
-    return flow.replace(throw=False) if robust and flow.throw else flow
 
 
 def _check_last(shape, name: str, dim: int) -> None:
@@ -147,76 +158,63 @@ def _check_last(shape, name: str, dim: int) -> None:
         )
 
 
-class _FlowTransformBase(Transform):
+class _FlowTransform(Transform):
     # The flow is kept split in two: its arrays (pytree leaves, traced under jit/vmap/grad)
     # and everything else (hashable static aux data), so a jitted function taking or
     # returning the transform never retraces for new weights.
-    _params: InflationaryFlow
-    _static: InflationaryFlow
+    domain = constraints.real_vector
+    codomain = constraints.real_vector
+    _trace_key: jax.Array | None = None
 
     def __init__(self, flow: InflationaryFlow):
-        flow = _check_flow(flow)
-        self._params, self._static = eqx.partition(flow, eqx.is_array)
+        self._params, self._static = eqx.partition(_flow_arg(flow), eqx.is_array)
 
     @property
     def flow(self) -> InflationaryFlow:
         """The wrapped `InflationaryFlow`."""
         return eqx.combine(self._params, self._static)
 
-    @property
-    def domain(self):
-        return constraints.real_vector
-
-    @property
-    def codomain(self):
-        return constraints.real_vector
-
     def tree_flatten(self):
-        return (self._params,), self._static
-
-    @classmethod
-    def tree_unflatten(cls, aux_data, params):
-        self = cls.__new__(cls)
-        self._params = params[0]
-        self._static = aux_data
-        return self
+        aux = (("_params", "_trace_key"), {"_static": self._static})
+        return (self._params, self._trace_key), aux
 
     def eq(self, other, static: bool = False):
         if type(other) is not type(self) or self._static != other._static:
             return False
-        mine, theirs = jax.tree.leaves(self._params), jax.tree.leaves(other._params)
+        mine, theirs = (self._params, self._trace_key), (other._params, other._trace_key)
+        if jax.tree.structure(mine) != jax.tree.structure(theirs):
+            return False
+        pairs = list(zip(jax.tree.leaves(mine), jax.tree.leaves(theirs), strict=True))
         if static:
-            return all(a is b for a, b in zip(mine, theirs, strict=True))
-        same = [jnp.array_equal(a, b) for a, b in zip(mine, theirs, strict=True)]
-        return jnp.all(jnp.stack(same)) if same else True
+            return all(a is b for a, b in pairs)
+        return jnp.all(jnp.stack([jnp.array_equal(a, b) for a, b in pairs])) if pairs else True
 
 
-class InflationaryFlowTransform(_FlowTransformBase):
+class InflationaryFlowTransform(_FlowTransform):
     r"""The flow's decoder as a NumPyro bijection: latent $z \in R^D$ -> data $x$.
 
-    ``__call__`` decodes (integrates the pfODE ``T -> 0``), ``inv``/``_inverse`` encodes.
-    `call_with_intermediates` returns the decoded point together with
-    $\log|\det\partial x/\partial z|$ from the same augmented solve, which
-    `log_abs_det_jacobian` reuses, so a ``TransformedDistribution`` sample and its
-    log-density cost one solve. Without intermediates the log-det comes from one
-    augmented encode solve of ``y``: $-\log|\det \partial z/\partial x|$.
+    ``__call__`` decodes (integrates the pfODE ``T -> 0``), ``inv`` encodes.
+    `call_with_intermediates` also returns $\log|\det\partial x/\partial z|$ from the
+    same augmented solve, which `log_abs_det_jacobian` reuses; without it the log-det
+    comes from one augmented encode solve of ``y``. For a PR-reducing flow this is the
+    map of the full ``D``-dimensional latent (squeezed base variances $\epsilon_i$,
+    the $\epsilon$-regularised density); `ReducedLatentTransform` is the
+    ``k``-dimensional one.
 
-    For a PR-reducing flow this is the map of the full ``D``-dimensional latent, whose
-    squeezed coordinates have the tiny base variances $\epsilon_i$; its log-det is a
-    valid Jacobian (of the $\epsilon$-regularised density). Use
-    `ReducedLatentTransform` for the ``k``-dimensional latent.
-
-    The transform is a pytree: the flow's arrays are leaves and the rest is static aux
-    data, so it works under ``jit``/``vmap``/``grad`` and can be passed to and returned
-    from jitted functions. Failed solves raise or give NaN according to ``flow.throw``.
+    A pytree: the flow's arrays are leaves, the rest static aux data, so it can be
+    passed to and returned from jitted functions without retracing. Failed solves raise
+    or give NaN according to ``flow.throw``.
 
     Args:
         flow: an `InflationaryFlow`.
+        trace_key: a fixed PRNG key for the Hutchinson probes of the log-det, needed
+            only when the flow estimates the divergence stochastically
+            (``flow.needs_trace_key``).
 
     Raises:
         ValueError: if ``flow`` is not an ``InflationaryFlow``.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp, numpyro.distributions as dist
         >>> import numpyro_inflow as nif
         >>> gm = nif.GaussianMixtureScore(jnp.ones(1), jnp.zeros((1, 2)), jnp.eye(2)[None])
@@ -227,73 +225,65 @@ class InflationaryFlowTransform(_FlowTransformBase):
         (2,)
     """
 
-    def __call__(self, x):
-        return self.flow.decode(x)
-
-    def _inverse(self, y):
-        return self.flow.encode(y)
-
-    def call_with_intermediates(self, x):
-        """Decoded point and $\\log|\\det\\partial x/\\partial z|$ from one solve."""
-        y, log_det = self.flow.decode_with_log_det(x)
-        return y, log_det
-
-    def log_abs_det_jacobian(self, x, y, intermediates=None):
-        r"""$\log|\det \partial y/\partial x|$, shape ``x.shape[:-1]``.
-
-        Args:
-            x: latent points ``(..., D)``.
-            y: their decoded data points ``(..., D)``.
-            intermediates: the log-det returned by `call_with_intermediates`;
-                when ``None`` it is recomputed from ``y`` by one augmented encode solve.
-        """
-        if intermediates is not None:
-            return intermediates
-        _, log_det_encode = self.flow.encode_with_log_det(y)
-        return -log_det_encode
+    def __init__(self, flow: InflationaryFlow, *, trace_key: jax.Array | None = None):
+        super().__init__(flow)
+        self._trace_key = trace_key
 
     @property
-    def sign(self):
-        raise NotImplementedError(
-            "InflationaryFlowTransform: a multivariate map has no single derivative sign"
-        )
+    def trace_key(self) -> jax.Array | None:
+        """The PRNG key of the Hutchinson probes (``None`` for an exact trace)."""
+        return self._trace_key
 
-    def forward_shape(self, shape):
+    def __call__(self, x) -> jax.Array:
+        return self.flow.decode(x)
+
+    def _inverse(self, y) -> jax.Array:
+        return self.flow.encode(y)
+
+    def call_with_intermediates(self, x) -> tuple[jax.Array, jax.Array]:
+        """Decoded point and $\\log|\\det\\partial x/\\partial z|$ from one solve."""
+        return self.flow.decode_with_log_det(x, self._trace_key)
+
+    def log_abs_det_jacobian(self, x, y, intermediates=None) -> jax.Array:
+        r"""$\log|\det \partial y/\partial x|$ ``(...)`` for latents ``x`` and points ``y``
+        ``(..., D)``: ``intermediates`` (from `call_with_intermediates`) or one encode solve."""
+        if intermediates is not None:
+            return intermediates
+        return -self.flow.encode_with_log_det(y, self._trace_key)[1]
+
+    def forward_shape(self, shape) -> tuple:
         _check_last(shape, "shape", self.flow.dim)
         return tuple(shape)
 
-    def inverse_shape(self, shape):
+    def inverse_shape(self, shape) -> tuple:
         _check_last(shape, "shape", self.flow.dim)
         return tuple(shape)
 
 
-class ReducedLatentTransform(_FlowTransformBase):
+class ReducedLatentTransform(_FlowTransform):
     r"""The decoder of a PR-reducing flow from its reduced latent: $R^k \to R^D$.
 
     ``__call__`` decodes ``z_k`` with the squeezed latent coordinates set to zero
-    (`from_latent`); its image is a
-    ``k``-dimensional surface in data space. ``_inverse`` is the left inverse
-    `to_latent` (encode, keep the first ``k``
+    (`from_latent`); its image is a ``k``-dimensional surface in data space.
+    ``_inverse`` is the left inverse `to_latent` (encode, keep the first ``k``
     coordinates): exact on the surface, a projection off it.
 
-    Semantics: this map is **not a bijection** of $R^D$, so it has no Jacobian
-    determinant and `log_abs_det_jacobian` raises. Distributions over data space
-    built from it would be singular (supported on a ``k``-dimensional set); use it to
-    push latent samples forward (`LatentReparam` does exactly this) or take the
-    $\epsilon$-regularised full density of `InflationaryFlowTransform`.
+    It is **not a bijection** of $R^D$: it has no Jacobian determinant
+    (`log_abs_det_jacobian` raises) and a distribution built from it is singular. Use it
+    to push latent samples forward, as `LatentReparam` does.
 
     Args:
-        flow: an `InflationaryFlow` (PR-reducing or not; for a
-            PR-preserving flow ``k = D`` and this equals the full decoder).
+        flow: an `InflationaryFlow` (PR-reducing or not; for a PR-preserving flow
+            ``k = D`` and this equals the full decoder).
 
     Raises:
         ValueError: if ``flow`` is not an ``InflationaryFlow``.
     """
 
-    def __call__(self, x):
+    def __call__(self, x) -> jax.Array:
         return self.flow.from_latent(x)
 
-    def _inverse(self, y):
+    def _inverse(self, y) -> jax.Array:
         return self.flow.to_latent(y)
 
     def log_abs_det_jacobian(self, x, y, intermediates=None):
@@ -304,51 +294,48 @@ class ReducedLatentTransform(_FlowTransformBase):
             "for the epsilon-regularised full-dimensional density."
         )
 
-    def forward_shape(self, shape):
-        f = self.flow
-        _check_last(shape, "shape", f.latent_dim)
-        return (*tuple(shape)[:-1], f.dim)
+    def forward_shape(self, shape) -> tuple:
+        _check_last(shape, "shape", self.flow.latent_dim)
+        return (*tuple(shape)[:-1], self.flow.dim)
 
-    def inverse_shape(self, shape):
-        f = self.flow
-        _check_last(shape, "shape", f.dim)
-        return (*tuple(shape)[:-1], f.latent_dim)
+    def inverse_shape(self, shape) -> tuple:
+        _check_last(shape, "shape", self.flow.dim)
+        return (*tuple(shape)[:-1], self.flow.latent_dim)
 
 
 # ---------------------------------------------------------------------- the distribution
-class InflationaryFlowDistribution(dist.Distribution):
+class InflationaryFlowDistribution(dist.TransformedDistribution):
     r"""The distribution of "draw the latent from the base, decode": a prior over data.
 
-    ``sample`` draws $z \sim N(0, \operatorname{diag}(\text{base\_var}))$ and decodes
-    it; ``log_prob`` is $\log q(x) = \log N(z) + \log|\det\partial z/\partial x|$
-    from ONE augmented encode solve (NumPyro's generic ``TransformedDistribution``
-    would solve once for the inverse and once more for the log-det). The event shape is
-    ``(D,)``, the batch shape ``()``; ``expand`` and plates give batches of i.i.d.
-    points, evaluated as one batched solve.
+    NumPyro's ``TransformedDistribution`` of ``base_dist``
+    $N(0, \operatorname{diag}(\text{base variance}))$ under ``transforms[0]``, an
+    `InflationaryFlowTransform`. ``sample_with_intermediates`` (what ``numpyro.sample``
+    calls) keeps the log-det of the sampling solve for ``log_prob(x, intermediates)``;
+    otherwise ``log_prob`` is $\log N(z) + \log|\det\partial z/\partial x|$ from ONE
+    augmented encode solve (the generic version solves twice: inverse, then log-det).
+    The event shape is ``(D,)``, the batch shape ``()``; ``expand`` and plates batch it.
+    As a plain site NUTS works in data space with this density (support
+    ``real_vector``): correct, but slower than `LatentReparam`.
 
-    Used as ``numpyro.sample("x", InflationaryFlowDistribution(flow))`` without any handler, NUTS works in data
-    space with this density (support ``real_vector``, identity transform); this is
-    correct but slower than `LatentReparam` (see the tutorial for numbers).
+    With ``robust=True`` the flow is rebuilt with ``throw=False``: a failed solve gives
+    ``log_prob = -inf`` (a NaN sample), counted by `SolveFailureCounter`. With
+    validation (NumPyro's default) an out-of-support value (NaN or infinite) warns,
+    also under ``jit`` when the value is concrete, and has log-density $-\infty$.
 
-    Robustness: with ``robust=True`` (default) the flow is rebuilt with
-    ``throw=False`` and a failed solve gives ``log_prob = -inf`` (a NaN sample when
-    sampling); failures are counted by an active `SolveFailureCounter`.
-
-    PR-reducing flows: their data-space density concentrates on a ``k``-dimensional set
-    with widths $\sqrt{\epsilon_i}$ (tiny), a geometry that samplers in data space
-    cannot explore. ``log_prob`` therefore raises unless ``regularized_density=True``;
-    the intended use is ``LatentReparam``, which needs no density. Sampling always works.
+    A PR-reducing flow's density concentrates on a ``k``-dimensional set with widths
+    $\sqrt{\epsilon_i}$, which samplers in data space cannot explore: ``log_prob``
+    raises unless ``regularized_density=True`` (use ``LatentReparam``). Sampling always
+    works.
 
     Args:
         flow: an `InflationaryFlow` of dimension ``D``.
         robust: rebuild the flow with ``throw=False`` (see above).
         regularized_density: allow ``log_prob`` for PR-reducing flows (the
-            $\epsilon$-regularised density of
-            `log_prob`).
-        trace_key: a fixed PRNG key for Hutchinson probes when the flow estimates the
-            divergence stochastically (``trace="hutchinson"``, or ``"auto"`` with
-            ``D > 16``). The same probes are used at every evaluation, so the density is
-            a smooth but randomly perturbed approximation: prefer ``LatentReparam``.
+            $\epsilon$-regularised density).
+        trace_key: a fixed PRNG key for the Hutchinson probes when
+            ``flow.needs_trace_key`` (``trace="hutchinson"``, or ``"auto"`` with
+            ``D > 16``): the same probes at every evaluation, a smooth but randomly
+            perturbed density (prefer ``LatentReparam``).
         validate_args: NumPyro's argument/sample validation flag.
 
     Raises:
@@ -356,19 +343,17 @@ class InflationaryFlowDistribution(dist.Distribution):
             flow without ``trace_key`` or a PR-reducing flow without
             ``regularized_density=True``.
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp
         >>> import numpyro_inflow as nif
         >>> gm = nif.GaussianMixtureScore(jnp.ones(1), jnp.zeros((1, 2)), jnp.eye(2)[None])
         >>> flow = nif.InflationaryFlow(nif.InflationSchedule.from_moments(*gm.moments()), gm)
-        >>> prior = InflationaryFlowDistribution(flow)
+        >>> prior = nif.InflationaryFlowDistribution(flow)
         >>> prior.sample(jax.random.key(0), (3,)).shape
         (3, 2)
     """
 
-    arg_constraints: ClassVar[dict] = {}
-    pytree_data_fields = ("_params", "_trace_key")
-    pytree_aux_fields = ("_static", "_regularized", "_robust")
+    pytree_aux_fields = ("_regularized", "_robust")
 
     def __init__(
         self,
@@ -379,17 +364,41 @@ class InflationaryFlowDistribution(dist.Distribution):
         trace_key: jax.Array | None = None,
         validate_args: bool | None = None,
     ):
-        flow = _robust(_check_flow(flow), robust)
-        self._params, self._static = eqx.partition(flow, eqx.is_array)
-        self._trace_key = trace_key
-        self._regularized = bool(regularized_density)
-        self._robust = bool(robust)
-        super().__init__(batch_shape=(), event_shape=(flow.dim,), validate_args=validate_args)
+        flow = _flow_arg(flow)
+        flow = flow.replace(throw=False) if robust and flow.throw else flow
+        self._regularized, self._robust = bool(regularized_density), bool(robust)
+        base = dist.Normal(jnp.zeros((), flow.dtype), jnp.sqrt(flow.base_variance))
+        transform = InflationaryFlowTransform(flow, trace_key=trace_key)
+        super().__init__(base.to_event(1), transform, validate_args=validate_args)
+
+    # A class-level event_dim of 1 tells NumPyro's class-level checks (infer_shapes)
+    # that the event is a vector; the instance's support is real_vector.
+    @constraints.dependent_property(is_discrete=False, event_dim=1)
+    def support(self):
+        return constraints.real_vector
+
+    @classmethod
+    def infer_shapes(cls, flow=None, **kwargs) -> tuple[tuple, tuple]:
+        """``(batch_shape, event_shape) = ((), (D,))`` of the distribution of ``flow``.
+
+        NumPyro's generic form passes each argument's *shape*, which for a flow (not an
+        array) cannot tell ``D``: pass the flow itself. Anything else raises
+        ``NotImplementedError``, NumPyro's answer when shapes cannot be inferred.
+
+        Raises:
+            NotImplementedError: if ``flow`` is not an `InflationaryFlow`.
+        """
+        if isinstance(flow, InflationaryFlow):
+            return (), (flow.dim,)
+        raise NotImplementedError(
+            "InflationaryFlowDistribution.infer_shapes: the event shape (D,) is the flow's "
+            "dimension, not a function of argument shapes; pass the flow"
+        )
 
     @property
     def flow(self) -> InflationaryFlow:
         """The (possibly ``throw=False``) flow this distribution wraps."""
-        return eqx.combine(self._params, self._static)
+        return self.transforms[0].flow
 
     @property
     def robust(self) -> bool:
@@ -397,89 +406,98 @@ class InflationaryFlowDistribution(dist.Distribution):
         return self._robust
 
     @property
-    def support(self):
-        return constraints.real_vector
-
-    @property
     def is_reducing(self) -> bool:
         """True when the flow is PR-reducing (reduced latent of dimension ``k < D``)."""
-        return self._static.schedule.keep < self.event_shape[-1]
+        return self.flow.latent_dim < self.event_shape[-1]
 
-    def sample(self, key, sample_shape=()):
-        flow = self.flow
-        z = flow.sample_latent(key, tuple(sample_shape) + self.batch_shape)
-        x = flow.decode(z)
-        if self._robust:
-            _record_failures(~_finite_rows((x, 1)))
-        return x
-
-    def log_prob(self, value, intermediates=None):
+    def _density_error(self) -> ValueError | None:
         flow = self.flow
         if self.is_reducing and not self._regularized:
-            raise ValueError(
+            return ValueError(
                 f"flow: expected a PR-preserving flow where a full data-space density is "
                 f"needed; got a PR-reducing flow (keep={flow.latent_dim} < D={flow.dim}), "
                 "whose density is concentrated on a k-dimensional set. Sample the site with "
                 "LatentReparam (numpyro.handlers.reparam(config={name: nif.LatentReparam()})) "
                 "or pass regularized_density=True to accept the epsilon-regularised density"
             )
-        if self._trace_key is None:
-            try:  # sampling and LatentReparam never need the key: check only here
-                flow._probes_for((), None, flow.schedule.eigenvalues.dtype)
-            except ValueError:
-                raise ValueError(
-                    "trace_key: expected a PRNG key because this flow estimates the "
-                    f"divergence stochastically (trace={flow.trace!r}, D={flow.dim}); got None. "
-                    "Pass trace_key=... to the distribution, build the flow with "
-                    "trace='exact', or use LatentReparam, which needs no density"
-                ) from None
-        value = jnp.asarray(value)
-        _check_last(jnp.shape(value), "value", flow.dim)
-        if self._validate_args:  # NumPyro's behaviour: warn, and -inf outside the support
-            in_support = self._validate_sample(value)
-            value = jnp.where(in_support[..., None], value, 0.0)
-        z, log_det = flow.encode_with_log_det(value, self._trace_key)
-        lp = flow.base_log_prob(z) + log_det
+        if flow.needs_trace_key and self.transforms[0].trace_key is None:
+            return ValueError(
+                "trace_key: expected a PRNG key because this flow estimates the divergence "
+                f"stochastically (trace={flow.trace!r}, D={flow.dim}); got None. Pass "
+                "trace_key=... to the distribution, build the flow with trace='exact', or "
+                "use LatentReparam, which needs no density"
+            )
+        return None
+
+    def sample(self, key, sample_shape=()) -> jax.Array:
+        x = super().sample(key, sample_shape)
         if self._robust:
-            ok = _finite_rows((lp, 0))
-            _record_failures(~ok)
+            _succeeded(x, 1)
+        return x
+
+    def sample_with_intermediates(self, key, sample_shape=()) -> tuple[jax.Array, list]:
+        if self._density_error() is not None:  # no density to reuse a log-det for
+            return self.sample(key, sample_shape), []
+        x, intermediates = super().sample_with_intermediates(key, sample_shape)
+        if self._robust:
+            _succeeded(x, 1)
+        return x, intermediates
+
+    def log_prob(self, value, intermediates=None) -> jax.Array:
+        error = self._density_error()
+        if error is not None:
+            raise error
+        _check_last(jnp.shape(value), "value", self.event_shape[-1])
+        # Validate the raw value, as NumPyro's own distributions do: a concrete value
+        # then gives a concrete mask (and the warning) even when log_prob is traced.
+        in_support = self._validate_sample(value) if self._validate_args else None
+        if in_support is not None:
+            value = jnp.where(jnp.expand_dims(in_support, -1), value, 0.0)
+        flow = self.flow  # its base_log_prob is base_dist's, without validating a NaN z
+        if intermediates:  # [[z, log|det dx/dz|]] from sample_with_intermediates
+            ((z, log_det),) = intermediates
+            lp = flow.base_log_prob(z) - log_det
+            ok = jnp.isfinite(lp)  # a failed sample was counted when it was drawn
+        else:
+            z, log_det = flow.encode_with_log_det(value, self.transforms[0].trace_key)
+            lp = flow.base_log_prob(z) + log_det
+            ok = _succeeded(lp, 0)
+        if self._robust:
             lp = jnp.where(ok, lp, -jnp.inf)
-        if self._validate_args:
-            lp = jnp.where(in_support, lp, -jnp.inf)
-        return lp
-
-    @property
-    def mean(self):
-        raise NotImplementedError("InflationaryFlowDistribution: the mean has no closed form")
-
-    @property
-    def variance(self):
-        raise NotImplementedError("InflationaryFlowDistribution: the variance has no closed form")
+        return lp if in_support is None else jnp.where(in_support, lp, -jnp.inf)
 
 
 # ---------------------------------------------------------------------- the reparameterizer
-class LatentReparam(Reparam):
-    r"""Sample an `InflationaryFlowDistribution` site in the flow's latent space.
+class _Renamed(Messenger):
+    # TransformReparam names its base site name + "_base"; ours is name + latent_suffix.
+    def __init__(self, old: str, new: str):
+        super().__init__()
+        self.old, self.new = old, new
+
+    def process_message(self, msg):
+        if msg["name"] == self.old:
+            msg["name"] = self.new
+
+
+class LatentReparam(TransformReparam):
+    r"""Sample an `InflationaryFlowDistribution` site in the flow's standardized latent.
 
     ``numpyro.handlers.reparam(model, config={"x": LatentReparam()})`` replaces the site
-    ``x`` by a standard-normal latent site ``"x_latent"`` and makes ``x`` the decoded
-    point (a deterministic site). Samplers then move in the latent, where the prior is
-    $N(0, I)$, and only the likelihood is evaluated in data space: no density,
-    no Jacobian, one plain decode solve per evaluation.
+    ``x`` by a standard-normal site ``"x_latent"`` $\xi$ and makes ``x`` the decoded
+    point ``flow.decode_standardized(xi, reduced=...)``, a deterministic site: NumPyro's
+    ``TransformReparam`` applied to the prior written from the standardized latent.
+    Samplers move in the latent, where the prior is $N(0, I)$; only the likelihood is
+    evaluated in data space, one plain decode per evaluation.
 
-    Latent dimension: for a PR-preserving flow the latent is ``D``-dimensional and the
-    site has exactly the prior ``InflationaryFlowDistribution(flow)``. For a PR-reducing flow ``reduced=True``
-    (default) samples the ``k`` kept coordinates and decodes with the squeezed ones set
-    to zero: the prior is then the push-forward of $N(0, I_k)$ onto a
-    ``k``-dimensional surface in data space (the model's intended low-dimensional
-    prior). ``reduced=False`` samples all ``D`` standardized coordinates and scales the
-    squeezed ones by $\sqrt{\epsilon_i}$, reproducing ``InflationaryFlowDistribution(flow)`` exactly
-    (including its thin $\epsilon$ spread off the surface).
+    For a PR-preserving flow $\xi$ is ``D``-dimensional and ``x`` has exactly the prior.
+    For a PR-reducing flow ``reduced=True`` samples the ``k`` kept coordinates and
+    decodes with the squeezed ones at zero (`ReducedLatentTransform`): the push-forward
+    of $N(0, I_k)$ onto a ``k``-dimensional surface, the intended low-dimensional prior.
+    ``reduced=False`` samples all ``D`` coordinates, scaled by the base standard
+    deviations, and reproduces ``InflationaryFlowDistribution(flow)`` exactly.
 
-    Failed solves: with ``robust=True`` (inherited from the distribution) a failed decode
-    gives a NaN site value and a ``numpyro.factor`` ``"<name>_solve_failed"`` of
-    $-\infty$, so the proposal is rejected like a divergence; active
-    `SolveFailureCounter` objects count it.
+    With a ``robust`` prior a failed decode gives a NaN value and the factor
+    ``"<name>_solve_failed"`` of $-\infty$ (`reject_failed_solves`).
 
     Args:
         reduced: use the ``k``-dimensional latent of a PR-reducing flow.
@@ -489,11 +507,11 @@ class LatentReparam(Reparam):
         ValueError: at an observed site or a site whose distribution is not an
             `InflationaryFlowDistribution`.
 
-    Example:
+    Examples:
         >>> import numpyro
         >>> import numpyro_inflow as nif
         >>> def model(flow):
-        ...     return numpyro.sample("x", InflationaryFlowDistribution(flow))
+        ...     return numpyro.sample("x", nif.InflationaryFlowDistribution(flow))
         >>> latent_model = numpyro.handlers.reparam(model, config={"x": nif.LatentReparam()})
     """
 
@@ -508,45 +526,22 @@ class LatentReparam(Reparam):
             raise ValueError(
                 f"LatentReparam: expected a latent (unobserved) site; got observed site {name!r}"
             )
-        base, expand_shape, event_dim = self._unwrap(fn)
-        if not isinstance(base, InflationaryFlowDistribution):
+        prior, expand_shape, event_dim = self._unwrap(fn)
+        if not isinstance(prior, InflationaryFlowDistribution):
             raise ValueError(
                 f"LatentReparam: expected an InflationaryFlowDistribution at site {name!r} "
-                f"(e.g. InflationaryFlowDistribution(flow)); got {type(base).__name__}"
+                f"(e.g. InflationaryFlowDistribution(flow)); got {type(prior).__name__}"
             )
-        flow = base.flow
-        n_latent = flow.latent_dim if self.reduced else flow.dim
-        latent_fn = dist.Normal(jnp.zeros((), flow.schedule.eigenvalues.dtype), 1.0)
-        latent_fn = latent_fn.expand((*expand_shape, n_latent)).to_event(event_dim)
-        xi = numpyro.sample(name + self.latent_suffix, latent_fn)
-        return None, decode_standard_latent(base, xi, reduced=self.reduced, name=name)
-
-
-def decode_standard_latent(prior, xi, *, reduced: bool = True, name: str = "x") -> jax.Array:
-    r"""Decode a standardized latent ``xi`` inside a model, as `LatentReparam` does.
-
-    ``xi`` is ``(..., k)`` with ``reduced=True`` (the kept coordinates; the squeezed
-    ones are set to zero) or ``(..., D)`` with ``reduced=False`` (every coordinate,
-    scaled by $\sqrt{\text{base variance}}$); the result is the data point ``(..., D)``.
-    With a ``robust`` prior, a failed solve adds a ``numpyro.factor``
-    ``"<name>_solve_failed"`` of $-\infty$ and is counted by active
-    `SolveFailureCounter` objects.
-
-    Args:
-        prior: the `InflationaryFlowDistribution` (``InflationaryFlowDistribution(flow)``).
-        xi: standardized latent values.
-        reduced: whether ``xi`` holds only the ``k`` kept coordinates.
-        name: the site name used in the failure factor's name.
-    """
-    flow = prior.flow
-    if reduced and flow.latent_dim < flow.dim:
-        pad = jnp.zeros((*jnp.shape(xi)[:-1], flow.dim - flow.latent_dim), xi.dtype)
-        z = jnp.concatenate([xi, pad], axis=-1)
-    else:
-        z = xi * jnp.sqrt(flow.base_variance)
-    x = flow.decode(z)
-    if prior.robust:
-        ok = _finite_rows((x, 1))
-        _record_failures(~ok)
-        numpyro.factor(f"{name}_solve_failed", jnp.where(ok, 0.0, -jnp.inf))
-    return x
+        flow = prior.flow
+        if self.reduced and prior.is_reducing:
+            n, transforms = flow.latent_dim, [ReducedLatentTransform(flow)]
+        else:
+            scale = IndependentTransform(AffineTransform(0.0, jnp.sqrt(flow.base_variance)), 1)
+            n, transforms = flow.dim, [scale, prior.transforms[0]]
+        base = dist.Normal(jnp.zeros((), flow.dtype), 1.0).expand([n]).to_event(1)
+        standard = self._wrap(
+            dist.TransformedDistribution(base, transforms), expand_shape, event_dim
+        )
+        with _Renamed(f"{name}_base", name + self.latent_suffix):
+            _, x = super().__call__(name, standard, None)
+        return None, reject_failed_solves(name, x) if prior.robust else x

@@ -29,6 +29,7 @@ import numpyro
 import numpyro.distributions as dist
 
 from ._checks import as_float_array, check_event_dim, check_positive, is_concrete
+from .numpyro import InflationaryFlowDistribution, LatentReparam, reject_failed_solves
 
 __all__ = [
     "LinearGaussianObservation",
@@ -377,9 +378,6 @@ def inverse_problem(
             ``latent=False`` with a PR-reducing flow, or (when the model runs) if ``y``
             has the wrong shape or non-finite values.
     """
-    # same layer; imported here to keep the modules independent
-    from .numpyro import InflationaryFlowDistribution, LatentReparam, decode_standard_latent
-
     observation.check_flow(flow)
     prior = InflationaryFlowDistribution(flow)
     if not latent and prior.is_reducing:
@@ -420,9 +418,8 @@ def inverse_problem(
         xi = numpyro.deterministic(name + "_latent", xi)
         # prior N(0, I) on xi; the affine map's Jacobian is constant, N(0, I) on w is removed
         numpyro.factor(name + "_prior", 0.5 * (jnp.sum(w**2) - jnp.sum(xi**2)))
-        x = numpyro.deterministic(
-            name, decode_standard_latent(prior, xi, reduced=reduced, name=name)
-        )
+        x = prior.flow.decode_standardized(xi, reduced=reduced)
+        x = numpyro.deterministic(name, reject_failed_solves(name, x))
         return observation(obs_name, x, obs=y)
 
     return model
