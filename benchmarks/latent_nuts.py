@@ -278,7 +278,7 @@ def circles_flow(path, train: dict = CIRCLES_TRAIN) -> tuple[nif.InflationaryFlo
         x,
         steps=train["steps"],
         seed=train["seed"],
-        network_kwargs=dict(width=train["width"], depth=train["depth"]),
+        network=dict(width=train["width"], depth=train["depth"]),
         progress=True,
     )
     record = dict(train, train_s=time.perf_counter() - t0)

@@ -197,15 +197,14 @@ def main(argv=None) -> int:
     for name in cases:
         keep = CASES[name]
         t0 = time.perf_counter()
-        flow, hist = nif.fit(
+        flow, hist = nif.fit_with_history(
             x_train,
             keep=keep,
             steps=cfg["steps"],
             batch_size=cfg["batch_size"],
             seed=args.seed,
-            learning_rate=cfg["learning_rate"],
-            return_history=True,
-            network_kwargs=dict(width=cfg["width"], depth=cfg["depth"]),
+            optimiser=dict(learning_rate=cfg["learning_rate"]),
+            network=dict(width=cfg["width"], depth=cfg["depth"]),
         )
         train_s = time.perf_counter() - t0
         t0 = time.perf_counter()

@@ -82,15 +82,15 @@ def run_case(name: str, spec: dict, args) -> tuple[dict, dict, object]:
     x_train = load(spec["data"], args.n_train, seed=1)
     x_test = load(spec["data"], args.n_eval, seed=2)
     x_ref = load(spec["data"], args.n_eval, seed=3)
-    fit_kwargs = dict(keep=spec["keep"], progress=args.progress, return_history=True)
+    fit_kwargs = dict(keep=spec["keep"], progress=args.progress)
     if spec["keep"] is not None and args.inflation_gap is not None:
-        fit_kwargs["inflation_gap"] = args.inflation_gap
+        fit_kwargs["schedule"] = dict(inflation_gap=args.inflation_gap)
     if args.quick:
-        fit_kwargs.update(steps=200, batch_size=128, network_kwargs=dict(width=32, depth=1))
+        fit_kwargs.update(steps=200, batch_size=128, network=dict(width=32, depth=1))
     elif args.steps is not None:
         fit_kwargs.update(steps=args.steps)
     t0 = time.perf_counter()
-    flow, hist = nif.fit(x_train, **fit_kwargs)
+    flow, hist = nif.fit_with_history(x_train, **fit_kwargs)
     train_time = time.perf_counter() - t0
 
     t0 = time.perf_counter()

@@ -72,7 +72,7 @@ def get_flow(args):
             x,
             steps=args.train_steps,
             seed=0,
-            network_kwargs=dict(width=32, depth=2),
+            network=dict(width=32, depth=2),
             progress=args.progress,
         )
     if flow.dim != 2:

@@ -28,7 +28,16 @@ from .flow import InflationaryFlow, PFODEField, SolveInfo
 from .solvers import ExponentialEuler, ExponentialMidpoint, ExponentialMultistep
 
 # Learning and keeping flows
-from .train import LearnedDenoiser, TrainingHistory, fit
+from .denoiser import LearnedDenoiser
+from .checkpoint import Checkpoints
+from .train import (
+    TrainingHistory,
+    adam_warmup_cosine,
+    fit,
+    fit_with_history,
+    init_flow,
+    train_flow,
+)
 from .persistence import load_flow, read_config, save_flow
 from .pretrained import pretrained
 
@@ -63,15 +72,20 @@ __all__ = [
     "SolveInfo",
     "participation_ratio",
     # learning and keeping flows
+    "Checkpoints",
     "LearnedDenoiser",
     "TrainingHistory",
+    "adam_warmup_cosine",
     "datasets",
     "evaluation",
     "fit",
+    "fit_with_history",
+    "init_flow",
     "load_flow",
     "pretrained",
     "read_config",
     "save_flow",
+    "train_flow",
     # NumPyro
     "InflationaryFlowDistribution",
     "InflationaryFlowTransform",

@@ -8,6 +8,8 @@ known, and the ODE solve itself flags non-finite states.
 
 from __future__ import annotations
 
+import numbers
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -79,3 +81,10 @@ def event_input(x, name: str, dim: int) -> jax.Array:
     check_event_dim(arr, name, dim)
     check_finite(arr, name)
     return arr
+
+
+def check_positive_int(value, name: str) -> int:
+    """Return ``value`` as an int, raising unless it is an integer (not a bool) >= 1."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name}: expected a positive integer; got {value!r}")
+    return int(value)

@@ -45,9 +45,7 @@ def check_target(path, overwrite: bool, *, kind: str = "directory", name: str = 
             f"{name}: expected a location whose parent directory exists; got {str(path)!r}"
         )
     if not os.access(path.parent, os.W_OK | os.X_OK):
-        raise ValueError(
-            f"{name}: expected a location in a writable directory; got {str(path)!r}"
-        )
+        raise ValueError(f"{name}: expected a location in a writable directory; got {str(path)!r}")
     if path.exists() or path.is_symlink():
         is_kind = path.is_dir() if kind == "directory" else path.is_file()
         if not is_kind:

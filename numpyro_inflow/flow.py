@@ -1,136 +1,33 @@
-r"""The inflationary flow: the probability-flow ODE solved with diffrax.
+r"""The inflationary flow: the probability-flow ODE of `PFODEField`, solved with diffrax.
 
-In eigen coordinates, with the scaled state $v = s(t)\,w$, the pfODE is
-semi-linear (de Albuquerque & Pearson 2024, the scaled pfODE of their appendix B):
-
-$$
-\frac{dv}{dt} = \Big(\frac{\dot s}{s} + \frac{r}{2}\Big) v
-- \frac{r}{2}\, s(t)\, D\!\left(\frac{v}{s}, t\right),
-\qquad r_i = \rho(1 + g_i).
-$$
-
-Encoding integrates ``0 -> T`` and returns $z = v(T)/A_0$; decoding integrates
-back. The log-density comes from one augmented solve that carries the divergence of
-the denoiser term next to the state; the linear part of the divergence is integrated
-in closed form.
+Encoding integrates the pfODE ``0 -> T`` and returns $z = v(T)/A_0$; decoding
+integrates back (de Albuquerque & Pearson 2024). The log-density comes from one
+augmented solve that carries the divergence of the denoiser term next to the state;
+the linear part of the divergence is integrated in closed form.
 """
 
 from __future__ import annotations
-
-import math
-from typing import NamedTuple
 
 import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from ._checks import check_positive, event_input
+from ._checks import check_positive_int, event_input
+from .field import PFODEField, SolveConfig, SolveInfo
 from .schedule import InflationSchedule
 from .scores import AbstractScore
+from .solvers import ExponentialEuler, ExponentialMidpoint, ExponentialMultistep
 
 __all__ = ["InflationaryFlow", "PFODEField", "SolveInfo"]
 
 _TRACE_MODES = ("auto", "exact", "hutchinson")
 _EXACT_TRACE_MAX_DIM = 16
-
-
-class SolveInfo(NamedTuple):
-    """Diagnostics of a batch of ODE solves (each field has the batch shape).
-
-    Attributes:
-        success: ``True`` where the solve reached its end time with a finite state.
-            With ``throw=False`` the outputs of failed solves are NaN.
-        num_steps: solver steps taken, accepted and rejected.
-        nfe: denoiser (network) evaluations used by the solve.
-    """
-
-    success: jax.Array
-    num_steps: jax.Array
-    nfe: jax.Array
-
-
-class PFODEField(eqx.Module):
-    """The pfODE vector field of a flow, as diffrax sees it (``ODETerm(PFODEField(...))``).
-
-    It also exposes the semi-linear structure, so that solvers written for it (for
-    example exponential integrators) can use the exact linear propagator:
-    ``linear(t) * v - nonlinear(t, v)`` equals ``__call__(t, v, args)``.
-
-    With ``probes`` set to ``None`` the state is ``v``; otherwise it is ``(v, acc)`` where
-    ``acc`` integrates the denoiser part of the divergence, exactly (``probes`` is the
-    string ``"exact"``) or by Hutchinson's estimator with the given probe vectors
-    ``(P, D)``.
-    """
-
-    schedule: InflationSchedule
-    score: AbstractScore
-    probes: jax.Array | str | None = None
-
-    def linear(self, t) -> jax.Array:
-        r"""Diagonal linear coefficient $\dot s/s + r/2$, shape ``(D,)``."""
-        return self.schedule.dlog_scale(t) + 0.5 * self.schedule.rates
-
-    def nonlinear(self, t, v) -> jax.Array:
-        r"""The denoiser term $\tfrac r2\, s\, D(v/s, t)$."""
-        s = self.schedule.scale(t)
-        return 0.5 * self.schedule.rates * s * self.score.denoise(v / s, t, self.schedule)
-
-    def __call__(self, t, y, args):
-        if self.probes is None:
-            return self.linear(t) * y - self.nonlinear(t, y)
-        v, _ = y
-        sch = self.schedule
-        s = sch.scale(t)
-        half_r = 0.5 * sch.rates
-        den = lambda w: self.score.denoise(w, t, sch)  # noqa: E731
-        w = v / s
-        if isinstance(self.probes, str):
-            d, jac = den(w), jax.jacfwd(den)(w)
-            div = -jnp.sum(half_r * jnp.diagonal(jac))
-        else:
-            d = den(w)
-            jvps = jax.vmap(lambda e: jax.jvp(den, (w,), (e,))[1])(self.probes)
-            div = -jnp.mean(jnp.sum(half_r * self.probes * jvps, axis=-1))
-        dv = (sch.dlog_scale(t) + half_r) * v - half_r * s * d
-        return dv, div
-
-
-# Denoiser evaluations per step of the solvers we know (initial evaluations counted apart).
-_EVALS_PER_STEP = {
-    diffrax.Euler: 1,
-    diffrax.Heun: 2,
-    diffrax.Midpoint: 2,
-    diffrax.Ralston: 2,
-    diffrax.Bosh3: 3,
-    diffrax.Tsit5: 6,
-    diffrax.Dopri5: 6,
-    diffrax.Dopri8: 13,  # 14 stages, first-same-as-last
-}
-
-
-def _evals_per_step(solver) -> int:
-    n = getattr(solver, "evals_per_step", None)
-    if n is not None:
-        return int(n)
-    for cls, count in _EVALS_PER_STEP.items():
-        if type(solver) is cls:
-            return count
-    tab = getattr(solver, "tableau", None)
-    if tab is not None:  # generic explicit Runge-Kutta
-        stages = len(tab.c) + 1
-        return stages - 1 if getattr(tab, "fsal", False) else stages
-    return 1
-
-
-def _initial_evals(solver, controller, dt0) -> int:
-    # Only the first-same-as-last evaluation at t0. diffrax (0.7) wraps the terms before
-    # the controller picks dt0, so PIDController's two-evaluation initial-step heuristic is
-    # skipped (it returns 0.01 for non-ODETerm terms): dt0=None costs no evaluation.
-    # tests/test_flow.py counts the real calls and catches a change in that behaviour.
-    del controller, dt0
-    fsal = bool(getattr(getattr(solver, "tableau", None), "fsal", False))
-    return int(fsal) + int(getattr(solver, "initial_evals", 0))  # e.g. multistep start-up
+_FORWARD_MODE_HINT = (
+    "InflationaryFlow: forward-mode differentiation (jax.jvp/jacfwd, NumPyro's "
+    "forward_mode_differentiation=True) needs flow.replace(adjoint=diffrax.ForwardMode()); "
+    "the default RecursiveCheckpointAdjoint supports reverse mode only"
+)
 
 
 class InflationaryFlow(eqx.Module):
@@ -146,8 +43,14 @@ class InflationaryFlow(eqx.Module):
             solvers (``diffrax.Euler()``, ``diffrax.Heun()``, ...) use ``dt0``.
         stepsize_controller: a diffrax step-size controller (default
             ``PIDController(rtol, atol)`` for adaptive solvers, ``ConstantStepSize()``
-            otherwise).
-        adjoint: a diffrax adjoint (default ``RecursiveCheckpointAdjoint()``).
+            otherwise). A ``StepTo``
+            grid runs from 0 to ``T`` and is walked backwards when decoding.
+        adjoint: a diffrax adjoint (default ``RecursiveCheckpointAdjoint()``, reverse
+            mode only). Forward-mode differentiation (``jax.jvp``, ``jax.jacfwd``,
+            NumPyro's ``forward_mode_differentiation=True``) needs
+            ``diffrax.ForwardMode()``; with the default it raises a ``TypeError`` that
+            says so (JAX's own "can't apply forward-mode autodiff" when the flow is
+            called inside a function that was jitted before being differentiated).
         dt0: initial (adaptive) or fixed step size; ``None`` lets an adaptive
             controller choose, and means ``0.01`` (the authors' step) for fixed-step
             solvers.
@@ -164,7 +67,7 @@ class InflationaryFlow(eqx.Module):
         ValueError: for a score whose dimension differs from the schedule's, or options
             out of range.
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp
         >>> import numpyro_inflow as nif
         >>> gm = nif.GaussianMixtureScore(jnp.ones(2) / 2, jnp.array([[-1.0, 0], [1, 0]]),
@@ -178,16 +81,7 @@ class InflationaryFlow(eqx.Module):
 
     schedule: InflationSchedule
     score: AbstractScore
-    rtol: float = eqx.field(static=True)
-    atol: float = eqx.field(static=True)
-    # Solver, controller and adjoint, split into array leaves (e.g. a StepTo grid) and
-    # hashable static aux data: PIDController holds a norm function and Python floats,
-    # which as pytree leaves would break ``jax.jit(f)(flow, x)``.
-    _solver_arrays: tuple
-    _solver_static: tuple = eqx.field(static=True)
-    dt0: float | None = eqx.field(static=True)
-    max_steps: int = eqx.field(static=True)
-    throw: bool = eqx.field(static=True)
+    config: SolveConfig
     trace: str = eqx.field(static=True)
     num_probes: int = eqx.field(static=True)
 
@@ -220,60 +114,27 @@ class InflationaryFlow(eqx.Module):
                 f"score: expected dimension {schedule.dim} to match the schedule; "
                 f"got a score of dimension {score.dim}"
             )
-        solver = diffrax.Tsit5() if solver is None else solver
-        if not isinstance(solver, diffrax.AbstractSolver):
-            raise ValueError(f"solver: expected a diffrax solver object; got {solver!r}")
-        adaptive = isinstance(solver, diffrax.AbstractAdaptiveSolver)
-        if stepsize_controller is None:
-            stepsize_controller = (
-                diffrax.PIDController(
-                    rtol=check_positive(rtol, "rtol"), atol=check_positive(atol, "atol")
-                )
-                if adaptive
-                else diffrax.ConstantStepSize()
-            )
-        if not isinstance(stepsize_controller, diffrax.AbstractStepSizeController):
-            raise ValueError(
-                f"stepsize_controller: expected a diffrax step-size controller; "
-                f"got {stepsize_controller!r}"
-            )
-        if isinstance(stepsize_controller, diffrax.ConstantStepSize) and dt0 is None:
-            dt0 = 0.01
-        if dt0 is not None:
-            dt0 = check_positive(dt0, "dt0")
         if trace not in _TRACE_MODES:
             raise ValueError(f"trace: expected one of {_TRACE_MODES}; got {trace!r}")
-        if isinstance(max_steps, bool) or int(max_steps) < 1:
-            raise ValueError(f"max_steps: expected a positive integer; got {max_steps!r}")
         self.schedule = schedule
         self.score = score
-        self.rtol = float(rtol)
-        self.atol = float(atol)
-        adjoint = diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint
-        self._solver_arrays, self._solver_static = eqx.partition(
-            (solver, stepsize_controller, adjoint), eqx.is_array
+        self.config = SolveConfig(
+            rtol, atol, solver, stepsize_controller, adjoint, dt0, max_steps, throw
         )
-        self.dt0 = dt0
-        self.max_steps = int(max_steps)
-        self.throw = bool(throw)
         self.trace = trace
-        self.num_probes = int(check_positive(num_probes, "num_probes"))
+        self.num_probes = check_positive_int(num_probes, "num_probes")
 
     # ------------------------------------------------------------------ properties
-    @property
-    def solver(self) -> diffrax.AbstractSolver:
-        """The diffrax solver."""
-        return eqx.combine(self._solver_arrays, self._solver_static)[0]
-
-    @property
-    def stepsize_controller(self) -> diffrax.AbstractStepSizeController:
-        """The diffrax step-size controller."""
-        return eqx.combine(self._solver_arrays, self._solver_static)[1]
-
-    @property
-    def adjoint(self) -> diffrax.AbstractAdjoint:
-        """The diffrax adjoint (how gradients pass through the solve)."""
-        return eqx.combine(self._solver_arrays, self._solver_static)[2]
+    rtol = property(lambda self: self.config.rtol, doc="Relative tolerance (default controller).")
+    atol = property(lambda self: self.config.atol, doc="Absolute tolerance (default controller).")
+    solver = property(lambda self: self.config.solver, doc="The diffrax solver.")
+    stepsize_controller = property(
+        lambda self: self.config.stepsize_controller, doc="The diffrax step-size controller."
+    )
+    adjoint = property(lambda self: self.config.adjoint, doc="The diffrax adjoint.")
+    dt0 = property(lambda self: self.config.dt0, doc="Initial or fixed step size (or None).")
+    max_steps = property(lambda self: self.config.max_steps, doc="Step limit of one solve.")
+    throw = property(lambda self: self.config.throw, doc="Whether failed solves raise.")
 
     @property
     def dim(self) -> int:
@@ -307,56 +168,84 @@ class InflationaryFlow(eqx.Module):
             self.trace == "exact" or (self.trace == "auto" and self.dim <= _EXACT_TRACE_MAX_DIM)
         )
 
+    def _arguments(self) -> dict:
+        return {name: getattr(self, name) for name in _SETTINGS_KEYS}
+
     def replace(self, **changes) -> InflationaryFlow:
-        """A copy with some constructor arguments changed, e.g. ``flow.replace(throw=False)``."""
-        kwargs = dict(
-            schedule=self.schedule,
-            score=self.score,
-            rtol=self.rtol,
-            atol=self.atol,
-            solver=self.solver,
-            adjoint=self.adjoint,
-            dt0=self.dt0,
-            max_steps=self.max_steps,
-            throw=self.throw,
-            trace=self.trace,
-            num_probes=self.num_probes,
-        )
-        if not ({"rtol", "atol", "solver"} & changes.keys()):
-            kwargs["stepsize_controller"] = self.stepsize_controller
-        unknown = changes.keys() - kwargs.keys() - {"stepsize_controller"}
+        """A copy with some constructor arguments changed, e.g. ``flow.replace(throw=False)``.
+
+        Changing ``rtol``, ``atol`` or ``solver`` without a new ``stepsize_controller``
+        rebuilds the default controller.
+        """
+        kwargs = dict(schedule=self.schedule, score=self.score, **self._arguments())
+        unknown = changes.keys() - kwargs.keys()
         if unknown:
             raise ValueError(f"replace: unknown argument(s) {sorted(unknown)}")
-        kwargs.update(changes)
-        return InflationaryFlow(**kwargs)
+        if {"rtol", "atol", "solver"} & changes.keys():
+            del kwargs["stepsize_controller"]
+        return InflationaryFlow(**{**kwargs, **changes})
+
+    # ------------------------------------------------------------------ settings
+    def settings(self) -> dict:
+        """The solve and log-density settings as plain JSON data (no schedule, no score).
+
+        Keys ``rtol, atol, solver, stepsize_controller, adjoint, dt0, max_steps, throw,
+        trace, num_probes``; the diffrax objects are described in a closed vocabulary,
+        e.g. ``{"name": "Tsit5"}`` or ``{"name": "ExponentialMultistep", "order": 3}``.
+        `from_settings` is the inverse.
+
+        Raises:
+            ValueError: naming the argument, for a solver, controller or adjoint outside
+                the vocabulary (or with options it cannot record).
+
+        Examples:
+            >>> import jax.numpy as jnp
+            >>> import numpyro_inflow as nif
+            >>> gm = nif.GaussianMixtureScore(jnp.ones(1), jnp.zeros((1, 2)), jnp.eye(2)[None])
+            >>> flow = nif.InflationaryFlow(nif.InflationSchedule.from_moments(*gm.moments()), gm)
+            >>> flow.settings()["solver"], flow.settings()["stepsize_controller"]
+            ({'name': 'Tsit5'}, {'name': 'PIDController', 'rtol': 1e-05, 'atol': 1e-05})
+            >>> back = nif.InflationaryFlow.from_settings(flow.schedule, gm, flow.settings())
+            >>> bool(back == flow)
+            True
+        """
+        out = self._arguments()
+        for key, table in _VOCABULARY.items():
+            out[key] = _encode(out[key], key, table)
+        return out
+
+    @classmethod
+    def from_settings(cls, schedule, score, settings: dict) -> InflationaryFlow:
+        """Rebuild a flow from ``schedule``, ``score`` and the output of `settings`.
+
+        Raises:
+            ValueError: naming the key (``settings['solver']: ...``) for a missing or
+                unknown key or a value outside the vocabulary.
+        """
+        if not isinstance(settings, dict):
+            raise ValueError(f"settings: expected a dict; got {type(settings).__name__}")
+        for key in _SETTINGS_KEYS:
+            if key not in settings:
+                raise ValueError(f"settings[{key!r}]: expected an entry; got none")
+        for key in settings.keys() - set(_SETTINGS_KEYS):
+            raise ValueError(
+                f"settings[{key!r}]: expected one of the keys {list(_SETTINGS_KEYS)}; got an "
+                "unknown key"
+            )
+        dtype = schedule.eigenvalues.dtype if isinstance(schedule, InflationSchedule) else None
+        kwargs = dict(settings)
+        for key, table in _VOCABULARY.items():
+            kwargs[key] = _decode(settings[key], f"settings[{key!r}]", table, dtype)
+        try:
+            return cls(schedule, score, **kwargs)
+        except ValueError as e:
+            msg = str(e)
+            key = msg.split(":", 1)[0]
+            if key in _SETTINGS_KEYS:
+                raise ValueError(f"settings[{key!r}]" + msg[len(key) :]) from None
+            raise
 
     # ------------------------------------------------------------------ one solve
-    def _solve(self, y0, t0: float, t1: float, probes=None):
-        field = PFODEField(self.schedule, self.score, probes)
-        dt0 = None if self.dt0 is None else math.copysign(self.dt0, t1 - t0)
-        sol = diffrax.diffeqsolve(
-            diffrax.ODETerm(field),
-            self.solver,
-            t0,
-            t1,
-            dt0,
-            y0,
-            stepsize_controller=self.stepsize_controller,
-            adjoint=self.adjoint,
-            max_steps=self.max_steps,
-            saveat=diffrax.SaveAt(t1=True),
-            throw=False,
-        )
-        y1 = jax.tree.map(lambda a: a[-1], sol.ys)
-        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(y1)]))
-        ok = (sol.result == diffrax.RESULTS.successful) & finite
-        steps = sol.stats["num_steps"]
-        nfe = steps * _evals_per_step(self.solver) + _initial_evals(
-            self.solver, self.stepsize_controller, self.dt0
-        )
-        y1 = jax.tree.map(lambda a: jnp.where(ok, a, jnp.nan), y1)
-        return y1, SolveInfo(ok, steps, nfe)
-
     def _log_det_linear(self) -> jax.Array:
         # log|det dz/dx| without the denoiser integral: sum log s(T) - D log A0 + T sum r / 2.
         sch = self.schedule
@@ -366,24 +255,27 @@ class InflationaryFlow(eqx.Module):
             + 0.5 * sch.t_end * jnp.sum(sch.rates)
         )
 
+    def _solve(self, y0, t0, t1, probes):
+        field = PFODEField(self.schedule, self.score, probes)
+        if probes is None:
+            return self.config.solve(field, y0, t0, t1)
+        (v1, acc), info = self.config.solve(field, (y0, jnp.zeros((), y0.dtype)), t0, t1)
+        return v1, acc, info
+
     def _encode_one(self, x, probes=None):
         sch = self.schedule
-        v0 = sch.scale(0.0) * sch.to_eigen(x)
+        *out, info = self._solve(sch.scale(0.0) * sch.to_eigen(x), 0.0, sch.t_end, probes)
         if probes is None:
-            v1, info = self._solve(v0, 0.0, sch.t_end)
-            return v1 / sch.A0, info
-        (v1, acc), info = self._solve((v0, jnp.zeros((), v0.dtype)), 0.0, sch.t_end, probes)
-        return v1 / sch.A0, self._log_det_linear() + acc, info
+            return out[0] / sch.A0, info
+        return out[0] / sch.A0, self._log_det_linear() + out[1], info
 
     def _decode_one(self, z, probes=None):
         sch = self.schedule
-        v1 = sch.A0 * z
-        s0 = sch.scale(0.0)
+        *out, info = self._solve(sch.A0 * z, sch.t_end, 0.0, probes)
+        x = sch.from_eigen(out[0] / sch.scale(0.0))
         if probes is None:
-            v0, info = self._solve(v1, sch.t_end, 0.0)
-            return sch.from_eigen(v0 / s0), info
-        (v0, acc), info = self._solve((v1, jnp.zeros((), v1.dtype)), sch.t_end, 0.0, probes)
-        return sch.from_eigen(v0 / s0), acc - self._log_det_linear(), info
+            return x, info
+        return x, out[1] - self._log_det_linear(), info
 
     # ------------------------------------------------------------------ batching
     def _probes_for(self, batch_shape, key, dtype):
@@ -397,28 +289,37 @@ class InflationaryFlow(eqx.Module):
         shape = (*batch_shape, self.num_probes, self.dim)
         return jax.random.rademacher(key, shape, dtype)
 
-    def _check_failures(self, out, info: SolveInfo):
-        if not self.throw:
-            return out
-        return eqx.error_if(
-            out,
-            ~info.success,
-            "InflationaryFlow: an ODE solve failed (step limit reached or non-finite state). "
-            "Raise max_steps, loosen rtol/atol, or build the flow with throw=False to get "
-            "NaN outputs and SolveInfo.success instead.",
-        )
+    def _run(self, one, a, name, log_det=False, key=None):
+        """Validate ``a``, solve every point with ``one``, check failures."""
+        a = event_input(a, name, self.dim)
+        try:
+            if log_det:
+                probes = self._probes_for(a.shape[:-1], key, a.dtype)
+                *out, info = _batched_logdet(one, self, a, probes)
+            else:
+                *out, info = _batched(one, self, a)
+        except TypeError as e:
+            if "custom_vjp" not in str(e):
+                raise
+            raise TypeError(_FORWARD_MODE_HINT) from e
+        out = out[0] if len(out) == 1 else tuple(out)
+        if self.throw:
+            out = eqx.error_if(
+                out,
+                ~info.success,
+                "InflationaryFlow: an ODE solve failed (step limit reached or non-finite "
+                "state). Raise max_steps, loosen rtol/atol, or build the flow with "
+                "throw=False to get NaN outputs and SolveInfo.success instead.",
+            )
+        return out, info
 
     def encode_with_info(self, x) -> tuple[jax.Array, SolveInfo]:
         """Like `encode`, also returning the `SolveInfo` of each solve."""
-        x = event_input(x, "x", self.dim)
-        z, info = _batched(type(self)._encode_one, self, x)
-        return self._check_failures(z, info), info
+        return self._run(type(self)._encode_one, x, "x")
 
     def decode_with_info(self, z) -> tuple[jax.Array, SolveInfo]:
         """Like `decode`, also returning the `SolveInfo` of each solve."""
-        z = event_input(z, "z", self.dim)
-        x, info = _batched(type(self)._decode_one, self, z)
-        return self._check_failures(x, info), info
+        return self._run(type(self)._decode_one, z, "z")
 
     def encode(self, x) -> jax.Array:
         """Map data ``x`` ``(..., D)`` to the latent ``z`` ``(..., D)`` (integrate 0 -> T)."""
@@ -431,6 +332,10 @@ class InflationaryFlow(eqx.Module):
     def encode_with_log_det(self, x, key: jax.Array | None = None):
         r"""Latent ``z`` and $\log|\det \partial z/\partial x|$ from one augmented solve.
 
+        The step-size controller also controls the error of the log-determinant, so
+        this solve takes its own (usually finer) steps: its ``z`` agrees with
+        `encode`'s to the solver's accuracy, not bit for bit.
+
         Args:
             x: data ``(..., D)``.
             key: PRNG key for Hutchinson probes (needed only when that estimator is used).
@@ -438,17 +343,11 @@ class InflationaryFlow(eqx.Module):
         Returns:
             ``(z, log_det)`` with shapes ``(..., D)`` and ``(...)``.
         """
-        x = event_input(x, "x", self.dim)
-        probes = self._probes_for(x.shape[:-1], key, x.dtype)
-        z, ld, info = _batched_logdet(type(self)._encode_one, self, x, probes)
-        return self._check_failures((z, ld), info)
+        return self._run(type(self)._encode_one, x, "x", True, key)[0]
 
     def decode_with_log_det(self, z, key: jax.Array | None = None):
         r"""Data ``x`` and $\log|\det \partial x/\partial z|$ from one augmented solve."""
-        z = event_input(z, "z", self.dim)
-        probes = self._probes_for(z.shape[:-1], key, z.dtype)
-        x, ld, info = _batched_logdet(type(self)._decode_one, self, z, probes)
-        return self._check_failures((x, ld), info)
+        return self._run(type(self)._decode_one, z, "z", True, key)[0]
 
     # ------------------------------------------------------------------ densities
     def base_log_prob(self, z) -> jax.Array:
@@ -495,34 +394,107 @@ class InflationaryFlow(eqx.Module):
     def sample_latent(self, key: jax.Array, sample_shape=()) -> jax.Array:
         """Draws ``sample_shape + (D,)`` from the latent base (squeezed directions included)."""
         shape = (*tuple(sample_shape), self.dim)
-        eps = jax.random.normal(key, shape, self.schedule.eigenvalues.dtype)
-        return eps * jnp.sqrt(self.base_variance)
+        return jax.random.normal(key, shape, self.dtype) * jnp.sqrt(self.base_variance)
 
     def sample(self, key: jax.Array, sample_shape=()) -> jax.Array:
         """Draws ``sample_shape + (D,)`` from the flow: base draws, decoded."""
         return self.decode(self.sample_latent(key, sample_shape))
 
 
-def _flatten(a, dim):
-    batch = a.shape[:-1]
-    return a.reshape(-1, dim), batch
-
-
 @eqx.filter_jit
 def _batched(fn, flow, a):
-    flat, batch = _flatten(a, flow.dim)
+    flat = a.reshape(-1, flow.dim)
     out, info = jax.vmap(lambda p: fn(flow, p))(flat)
-    info = jax.tree.map(lambda i: i.reshape(batch), info)
-    return out.reshape(*batch, flow.dim), info
+    info = jax.tree.map(lambda i: i.reshape(a.shape[:-1]), info)
+    return out.reshape(a.shape), info
 
 
 @eqx.filter_jit
 def _batched_logdet(fn, flow, a, probes):
-    flat, batch = _flatten(a, flow.dim)
+    flat = a.reshape(-1, flow.dim)
     if probes is None:
         out, ld, info = jax.vmap(lambda p: fn(flow, p, "exact"))(flat)
     else:
         pr = probes.reshape(-1, *probes.shape[-2:])
         out, ld, info = jax.vmap(lambda p, e: fn(flow, p, e))(flat, pr)
-    info = jax.tree.map(lambda i: i.reshape(batch), info)
-    return out.reshape(*batch, flow.dim), ld.reshape(batch), info
+    info = jax.tree.map(lambda i: i.reshape(a.shape[:-1]), info)
+    return out.reshape(a.shape), ld.reshape(a.shape[:-1]), info
+
+
+# ---------------------------------------------------------------------- settings vocabulary
+_SETTINGS_KEYS = tuple(
+    "rtol atol solver stepsize_controller adjoint dt0 max_steps throw trace num_probes".split()
+)
+_RK = "Euler Heun Midpoint Ralston Bosh3 Tsit5 Dopri5 Dopri8".split()
+_VOCABULARY = {
+    "solver": (
+        *(getattr(diffrax, name) for name in _RK),
+        *(ExponentialEuler, ExponentialMidpoint, ExponentialMultistep),
+    ),
+    "stepsize_controller": (diffrax.PIDController, diffrax.ConstantStepSize, diffrax.StepTo),
+    "adjoint": (diffrax.RecursiveCheckpointAdjoint, diffrax.ForwardMode, diffrax.DirectAdjoint),
+}
+_PID = diffrax.PIDController(rtol=1.0, atol=1.0)
+_KEEP = object()  # marks an option that is always recorded
+# Recorded options of each class, with the default value that is left out.
+_OPTIONS = {
+    ExponentialMultistep: {"order": _KEEP},
+    diffrax.PIDController: {
+        "rtol": _KEEP,
+        "atol": _KEEP,
+        **{k: getattr(_PID, k) for k in ("pcoeff", "icoeff", "dcoeff", "dtmin", "dtmax")},
+        **{k: getattr(_PID, k) for k in ("factormin", "factormax", "safety")},
+    },
+    diffrax.StepTo: {"ts": _KEEP},
+    diffrax.RecursiveCheckpointAdjoint: {"checkpoints": None},
+}
+
+
+def _option(obj, key):
+    if key == "order":
+        return obj.method_order
+    value = getattr(obj, key)
+    if key == "ts":
+        return [float(t) for t in value]
+    return value if value is None or isinstance(value, int) else float(value)
+
+
+def _encode(obj, key: str, classes: tuple) -> dict:
+    names = [c.__name__ for c in classes]
+    if type(obj) not in classes:
+        raise ValueError(
+            f"{key}: expected one of {names} to save the flow; got {type(obj).__name__}"
+        )
+    spec = {"name": type(obj).__name__}
+    for option, default in _OPTIONS.get(type(obj), {}).items():
+        value = _option(obj, option)
+        if default is _KEEP or value != default:
+            spec[option] = value
+    rebuilt = _decode(spec, key, classes, obj.ts.dtype if "ts" in spec else None)
+    if not eqx.tree_equal(rebuilt, obj):
+        raise ValueError(
+            f"{key}: expected {spec['name']} with options among "
+            f"{list(_OPTIONS.get(type(obj), {}))} (other options cannot be saved); got {obj!r}"
+        )
+    return spec
+
+
+def _decode(spec, where: str, classes: tuple, dtype):
+    names = {c.__name__: c for c in classes}
+    if not isinstance(spec, dict) or spec.get("name") not in names:
+        raise ValueError(f"{where}: expected {{'name': one of {list(names)}, ...}}; got {spec!r}")
+    cls = names[spec["name"]]
+    options = _OPTIONS.get(cls, {})
+    kwargs = {k: v for k, v in spec.items() if k != "name"}
+    for k in kwargs.keys() - options.keys():
+        raise ValueError(
+            f"{where}: expected options among {list(options)} for {cls.__name__}; got {k!r}"
+        )
+    if "ts" in kwargs:
+        kwargs["ts"] = jnp.asarray(kwargs["ts"], dtype)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ValueError(
+            f"{where}: expected valid options for {cls.__name__}; got {spec!r} ({e})"
+        ) from None

@@ -1,17 +1,21 @@
 r"""Exponential integrators for the semi-linear pfODE, as diffrax solvers.
 
-The flow's vector field (`PFODEField`) is semi-linear. In the
-unscaled eigen coordinates $w = v/s(t)$ it reads, per direction $i$,
+The flow's vector field (`PFODEField`) is semi-linear. In the unscaled eigen
+coordinates $w = v/s(t)$ it reads, per direction $i$,
 
-$$\frac{dw_i}{dt} = c_i\,\bigl(w_i - D_i(w, t)\bigr), \qquad c_i = \frac{r_i}{2}$$
-          = \frac{\rho(1+g_i)}{2},
+$$
+\frac{dw_i}{dt} = c_i\,\bigl(w_i - D_i(w, t)\bigr), \qquad
+c_i = \frac{r_i}{2} = \frac{\rho(1+g_i)}{2},
+$$
 
-with a *constant* rate $c_i$ (because $\log\gamma_i$ is affine in
-$t$; DESIGN.md §2, de Albuquerque & Pearson 2024, §3). Variation of constants
-over a step $t_0 \to t_1 = t_0 + h$ ($h < 0$ when decoding) is exact:
+with a *constant* rate $c_i$ (because $\log\gamma_i$ is affine in $t$; de Albuquerque
+& Pearson 2024, §3). Variation of constants over a step $t_0 \to t_1 = t_0 + h$
+($h < 0$ when decoding) is exact:
 
-$$w_i(t_1) = e^{c_i h}\, w_i(t_0)$$
-          - \int_{t_0}^{t_1} c_i\, e^{c_i (t_1 - \tau)}\, D_i(\tau)\, d\tau .
+$$
+w_i(t_1) = e^{c_i h}\, w_i(t_0)
+- \int_{t_0}^{t_1} c_i\, e^{c_i (t_1 - \tau)}\, D_i(\tau)\, d\tau .
+$$
 
 Only the denoiser is approximated. Writing $\sigma = \tau - t_0$, $x_i = c_i h$
 and $\varphi_k(x) = \sum_{j \ge 0} x^j/(j+k)!$ (so $\varphi_1(x) = (e^x-1)/x$),
@@ -39,7 +43,8 @@ In the time variable $\lambda_i = -\tfrac12\log\gamma_i$ (affine in $t$) these
 are the data-prediction exponential integrators of the diffusion literature
 (DPM-Solver++ 1/2M/2S, DEIS), here with per-direction rates. With the scale included,
 $v(t_1) = s(t_1)\, w(t_1)$ and $w(t_0) = v(t_0)/s(t_0)$, so the linear part
-($\dot s/s + c$) is propagated exactly too.
+($\dot s/s + c$) is propagated exactly too. The denoiser values come straight from
+`PFODEField.evaluate`, one call per evaluation.
 
 **Log-density state.** When the field carries the divergence accumulator
 (``PFODEField.probes`` not ``None``, state ``(v, acc)``), ``acc`` is integrated with
@@ -48,14 +53,17 @@ second-order Adams–Bashforth on the same grid (``ExponentialMultistep``) and t
 midpoint rule (``ExponentialMidpoint``), so every solver keeps its order on the
 log-determinant.
 
-Every solver here needs the term to be ``diffrax.ODETerm(PFODEField(...))`` (the
-flow builds it so); other terms raise ``ValueError`` when the solve is traced.
-Each class exposes ``evals_per_step`` (denoiser evaluations per step) and
-``initial_evals`` (evaluations before the first step: 2 for
-`ExponentialMultistep`, 0 otherwise), which the flow reads for its NFE count.
+Every solver here declares ``term_structure = diffrax.ODETerm`` and needs its vector
+field to be a `PFODEField` (the flow builds it so); other vector fields raise
+``ValueError`` when the solve is traced. Each class exposes ``evals_per_step``
+(denoiser evaluations per step) and ``initial_evals`` (evaluations before the first
+step: 2 for `ExponentialMultistep`, 0 otherwise), which the flow reads for its NFE
+count.
 
-Example:
+Examples:
     >>> import jax.numpy as jnp
+
+from .field import PFODEField
     >>> import numpyro_inflow as nif
     >>> gm = nif.GaussianMixtureScore(jnp.ones(2) / 2, jnp.array([[-1.0, 0], [1, 0]]),
     ...                               jnp.tile(0.1 * jnp.eye(2), (2, 1, 1)))
@@ -78,6 +86,8 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from .field import PFODEField
+
 __all__ = ["ExponentialEuler", "ExponentialMidpoint", "ExponentialMultistep"]
 
 # |x| below this uses the Taylor series of x*phi_k(x) (avoids cancellation in e^x - 1 - ...).
@@ -98,48 +108,36 @@ def _xphi(k: int, x: jax.Array) -> jax.Array:
     return jnp.where(small, series, head / xd ** (k - 1))
 
 
-def _field_and_direction(terms):
-    """Unwrap ``ODETerm(PFODEField)`` (possibly inside diffrax's time-reversal ``WrapTerm``)."""
-    direction = 1
-    term = terms
-    # diffeqsolve reverses time for t1 < t0 by wrapping the term (private ``WrapTerm``
-    # with ``term`` and ``direction``) and negating the times it passes to the solver.
-    if hasattr(term, "direction") and hasattr(term, "term"):
-        direction = term.direction
-        term = term.term
-    field = getattr(term, "vector_field", None)
-    if not isinstance(term, diffrax.ODETerm) or not all(
-        hasattr(field, name) for name in ("schedule", "nonlinear", "linear", "probes")
-    ):
+def _is_ode_term(node) -> bool:
+    return isinstance(node, diffrax.ODETerm)
+
+
+def _field(terms) -> PFODEField:
+    """The `PFODEField` of the ``ODETerm`` that ``term_structure`` admitted.
+
+    ``diffeqsolve`` passes solvers its own time-normalising wrapper of that term; the
+    term is a node of the wrapper's pytree, found without naming the wrapper.
+    """
+    nodes = [n for n in jax.tree.leaves(terms, is_leaf=_is_ode_term) if _is_ode_term(n)]
+    field = nodes[0].vector_field if len(nodes) == 1 else None
+    if not isinstance(field, PFODEField):
         raise ValueError(
             "terms: expected diffrax.ODETerm(PFODEField(...)) (the pfODE of an "
             "InflationaryFlow, whose semi-linear structure these exponential integrators "
-            f"use); got {type(terms).__name__} with vector field {type(field).__name__}. "
-            "Adjoints that wrap the terms (e.g. BacksolveAdjoint) are not supported; use "
-            "diffrax.RecursiveCheckpointAdjoint."
+            f"use); got a term with vector field {type(field).__name__}"
         )
-    return field, direction
+    return field
 
 
-class _Eval:
-    """One denoiser evaluation: data prediction ``D`` (eigen coords) and divergence."""
-
-    def __init__(self, field, t, y, args):
-        sch = field.schedule
-        if field.probes is None:
-            v, nonlin, div = y, field.nonlinear(t, y), None
-        else:
-            v, _ = y
-            dv, div = field(t, y, args)
-            # The field returns linear * v - nonlinear; recover the nonlinear part (one
-            # evaluation, with the field's own divergence estimator).
-            nonlin = field.linear(t) * v - dv
-        # A direction with rate 0 (PR-reducing "orig" exponents with D = 2k) has no
-        # denoiser term; its D is multiplied by x * phi(x) = 0, so any finite value works.
-        denom = 0.5 * sch.rates * sch.scale(t)
-        zero = denom == 0
-        self.d = jnp.where(zero, 0.0, nonlin / jnp.where(zero, 1.0, denom))
-        self.div = div
+def _start(terms, t0, t1, y0):
+    """Common start of a step: field, start time and step in the field's own time, state
+    and the first evaluation ``d, div``."""
+    field = _field(terms)
+    # An ODE term's control from 0 to t is the time its field sees at t: t itself, or -t
+    # in the negated time in which diffeqsolve runs a solve with t1 < t0.
+    ta, tb = terms.contr(0.0, t0), terms.contr(0.0, t1)
+    v0, acc0 = (y0, None) if field.probes is None else y0
+    return (field, ta, tb - ta, v0, acc0, *field.evaluate(ta, v0))
 
 
 def _propagate(field, t0, h, v0, d0, slope, curv=None) -> jax.Array:
@@ -156,27 +154,14 @@ def _propagate(field, t0, h, v0, d0, slope, curv=None) -> jax.Array:
     return sch.scale(t0 + h) * w1
 
 
-def _start(terms, t0, t1, y0, args):
-    """Common start of a step: field, start time and step in forward time, state, first eval."""
-    field, direction = _field_and_direction(terms)
-    ta = direction * t0
-    h = direction * t1 - ta
-    v0, acc0 = _unpack(field, y0)
-    return field, ta, h, v0, acc0, _Eval(field, ta, y0, args)
-
-
-def _pack(field, v, acc):
-    return v if field.probes is None else (v, acc)
-
-
-def _unpack(field, y):
-    return (y, None) if field.probes is None else y
+def _pack(v, acc):
+    return v if acc is None else (v, acc)
 
 
 class _AbstractExponentialSolver(diffrax.AbstractSolver):
     """Shared plumbing: term structure, interpolation, vector-field evaluation."""
 
-    term_structure: ClassVar = diffrax.AbstractTerm
+    term_structure: ClassVar = diffrax.ODETerm
     interpolation_cls: ClassVar[Callable[..., diffrax.LocalLinearInterpolation]] = (
         diffrax.LocalLinearInterpolation
     )
@@ -184,7 +169,7 @@ class _AbstractExponentialSolver(diffrax.AbstractSolver):
     initial_evals: ClassVar[int] = 0
 
     def init(self, terms, t0, t1, y0, args):
-        _field_and_direction(terms)  # validates the terms; single-step solvers keep no state
+        _field(terms)  # validates the terms; single-step solvers keep no state
         return None
 
     def func(self, terms, t0, y0, args):
@@ -209,10 +194,9 @@ class ExponentialEuler(_AbstractExponentialSolver):
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         del solver_state, made_jump
-        field, ta, h, v0, acc0, e0 = _start(terms, t0, t1, y0, args)
-        v1 = _propagate(field, ta, h, v0, e0.d, None)
-        acc1 = None if acc0 is None else acc0 + h * e0.div
-        y1 = _pack(field, v1, acc1)
+        field, ta, h, v0, acc0, d0, div0 = _start(terms, t0, t1, y0)
+        v1 = _propagate(field, ta, h, v0, d0, None)
+        y1 = _pack(v1, None if acc0 is None else acc0 + h * div0)
         return y1, None, dict(y0=y0, y1=y1), None, diffrax.RESULTS.successful
 
 
@@ -271,24 +255,18 @@ class ExponentialMultistep(_AbstractExponentialSolver):
         # Euler predictor to the first step's midpoint gives a history point there, so
         # the first step is a second-order 2S step instead of a first-order one (which
         # would cap the global order at 2, and whose error the flow amplifies).
-        field, ta, h, v0, acc0, e0 = _start(terms, t0, t1, y0, args)
+        field, ta, h, v0, _, d0, _ = _start(terms, t0, t1, y0)
         t_mid = ta + 0.5 * h
-        v_mid = _propagate(field, ta, 0.5 * h, v0, e0.d, None)
-        e_mid = _Eval(field, t_mid, _pack(field, v_mid, acc0), args)
+        d_mid, div_mid = field.evaluate(t_mid, _propagate(field, ta, 0.5 * h, v0, d0, None))
         # History, newest first: times, D's, divergences, and how many entries are valid
         # (the second entry, for order 3, is filled by the first step).
         hist = self.method_order - 1
-        return (
-            (t_mid,) * hist,
-            (e_mid.d,) * hist,
-            (e_mid.div,) * hist,
-            jnp.where(h == 0, 0, 1),
-        )
+        return (t_mid,) * hist, (d_mid,) * hist, (div_mid,) * hist, jnp.where(h == 0, 0, 1)
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         ts, ds, divs, n_hist = solver_state
         n_hist = jnp.where(made_jump, 0, n_hist)
-        field, ta, h, v0, acc0, e0 = _start(terms, t0, t1, y0, args)
+        field, ta, h, v0, acc0, d0, div0 = _start(terms, t0, t1, y0)
 
         def coeffs(f0, fs):
             # Newton divided differences over (ta, ts[0], ts[1]) with safe denominators
@@ -306,20 +284,20 @@ class ExponentialMultistep(_AbstractExponentialSolver):
             # D0 + d1 s + d2 s (s + g1) = D0 + (d1 + d2 g1) s + d2 s^2
             return d1 + d2 * jnp.where(ok1, g1, 0.0), d2
 
-        slope, curv = coeffs(e0.d, ds)
-        v1 = _propagate(field, ta, h, v0, e0.d, slope, curv)
+        slope, curv = coeffs(d0, ds)
+        v1 = _propagate(field, ta, h, v0, d0, slope, curv)
         acc1 = None
         if acc0 is not None:
-            dslope, dcurv = coeffs(e0.div, divs)
-            acc1 = acc0 + h * e0.div + 0.5 * h**2 * dslope
+            dslope, dcurv = coeffs(div0, divs)
+            acc1 = acc0 + h * div0 + 0.5 * h**2 * dslope
             if dcurv is not None:
                 acc1 = acc1 + h**3 / 3.0 * dcurv
-        y1 = _pack(field, v1, acc1)
+        y1 = _pack(v1, acc1)
         hist = self.method_order - 1
         new_state = (
             (ta, *ts[: hist - 1]),
-            (e0.d, *ds[: hist - 1]),
-            (e0.div, *divs[: hist - 1]),
+            (d0, *ds[: hist - 1]),
+            (div0, *divs[: hist - 1]),
             jnp.minimum(n_hist + 1, hist),
         )
         return y1, None, dict(y0=y0, y1=y1), new_state, diffrax.RESULTS.successful
@@ -352,17 +330,17 @@ class ExponentialMidpoint(_AbstractExponentialSolver, diffrax.AbstractAdaptiveSo
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         del solver_state, made_jump
-        field, ta, h, v0, acc0, e0 = _start(terms, t0, t1, y0, args)
-        v_mid = _propagate(field, ta, 0.5 * h, v0, e0.d, None)
-        e_mid = _Eval(field, ta + 0.5 * h, _pack(field, v_mid, acc0), args)
+        field, ta, h, v0, acc0, d0, div0 = _start(terms, t0, t1, y0)
+        v_mid = _propagate(field, ta, 0.5 * h, v0, d0, None)
+        d_mid, div_mid = field.evaluate(ta + 0.5 * h, v_mid)
         half = jnp.where(h == 0, 1.0, 0.5 * h)  # a zero-length step has a zero slope term
-        slope = (e_mid.d - e0.d) / half
-        v1 = _propagate(field, ta, h, v0, e0.d, slope)
+        slope = (d_mid - d0) / half
+        v1 = _propagate(field, ta, h, v0, d0, slope)
         x = 0.5 * field.schedule.rates * h
         v_err = field.schedule.scale(ta + h) * h * _xphi(2, x) * slope
         if acc0 is None:
             y1, y_err = v1, v_err
         else:
-            y1 = (v1, acc0 + h * e_mid.div)
-            y_err = (v_err, h * (e_mid.div - e0.div))
+            y1 = (v1, acc0 + h * div_mid)
+            y_err = (v_err, h * (div_mid - div0))
         return y1, y_err, dict(y0=y0, y1=y1), None, diffrax.RESULTS.successful

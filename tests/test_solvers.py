@@ -5,6 +5,10 @@ For a single Gaussian the denoiser in eigen coordinates is linear,
 ``w(t) = u * sqrt((lam + gamma(t)) / (lam + gamma(0)))``. The encoder is then the
 diagonal map ``z_i = c_i u_i`` with ``c_i = s_i(T) sqrt((lam_i + gamma_i(T)) /
 (lam_i + gamma_i(0))) / A0`` and ``log|det dz/dx| = sum_i log c_i``.
+
+Everything runs in float64, so rounding (about 1e-15) is far below every tolerance here:
+the tolerances bound the discretisation error of the solves, which does not depend on
+the CPU.
 """
 
 import diffrax
@@ -115,9 +119,24 @@ def test_encode_decode_match_closed_form(kind):
     z, info = flow.encode_with_info(x)
     np.testing.assert_allclose(z, z_exact, rtol=1e-4, atol=1e-5)
     assert np.all(info.nfe == n + 2)  # one evaluation per step, two to start
-    x_back = flow.decode(z_exact)  # T -> 0: diffrax reverses time through a wrapped term
+    x_back = flow.decode(z_exact)  # T -> 0: the solvers read the field's time off the term
     # (decoding amplifies errors in squeezed directions by 1 / c_i)
     np.testing.assert_allclose(x_back, x, rtol=1e-3, atol=1e-3)
+
+
+def test_flow_walks_a_step_to_grid_backwards_when_decoding():
+    gm, sch, x = _gaussian(keep=1)
+    n = 96
+    grid = diffrax.StepTo(sch.t_end * jnp.linspace(0.0, 1.0, n + 1) ** 0.8)
+    flow = nif.InflationaryFlow(
+        sch, gm, solver=nif.ExponentialMultistep(3), stepsize_controller=grid
+    )
+    z_exact = _encode_gain(sch) * sch.to_eigen(x)
+    z, info = flow.encode_with_info(x)
+    np.testing.assert_allclose(z, z_exact, rtol=1e-4, atol=1e-5)
+    x_back, info_back = flow.decode_with_info(z_exact)
+    np.testing.assert_allclose(x_back, x, rtol=1e-3, atol=1e-3)
+    assert np.all(info.nfe == n + 2) and np.all(info_back.nfe == n + 2)
 
 
 def test_zero_rate_direction():
@@ -211,6 +230,10 @@ def test_beats_euler_at_equal_nfe_on_mixture():
 
 
 def test_rejects_other_terms_and_options():
+    assert all(
+        s.term_structure is diffrax.ODETerm
+        for s in (nif.ExponentialEuler(), nif.ExponentialMultistep(), nif.ExponentialMidpoint())
+    )
     with pytest.raises(ValueError, match="order: expected 2 or 3"):
         nif.ExponentialMultistep(order=4)
     term = diffrax.ODETerm(lambda t, y, args: -y)
