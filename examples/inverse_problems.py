@@ -160,6 +160,8 @@ def min_ess(draws) -> float:
     from numpyro.diagnostics import effective_sample_size
 
     a = np.asarray(draws, np.float64)
+    if np.any(np.ptp(a, axis=0) == 0):  # a coordinate that never moved: one draw's worth
+        return 1.0
     return float(np.min(effective_sample_size(a[None])))
 
 

@@ -24,7 +24,8 @@ from ._version import __version__
 # Engine
 from .schedule import InflationSchedule, participation_ratio
 from .scores import AbstractScore, EmpiricalScore, GaussianMixtureScore
-from .flow import InflationaryFlow, PFODEField, SolveInfo
+from .field import PFODEField, SolveConfig, SolveInfo
+from .flow import InflationaryFlow
 from .solvers import ExponentialEuler, ExponentialMidpoint, ExponentialMultistep
 
 # Learning and keeping flows
@@ -69,6 +70,7 @@ __all__ = [
     "InflationSchedule",
     "InflationaryFlow",
     "PFODEField",
+    "SolveConfig",
     "SolveInfo",
     "participation_ratio",
     # learning and keeping flows

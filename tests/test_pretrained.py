@@ -39,7 +39,11 @@ def test_round_trip_on_held_out_digits_matches_documented_figure(name):
     x_back = np.asarray(flow.decode(flow.encode(x_test)))
     rmse = float(np.sqrt(np.mean((x_back - x_test) ** 2)))
     documented = DOCUMENTED_ROUND_TRIP_RMSE[name]
-    assert abs(rmse - documented) < 0.15 * documented
+    # The adaptive solver's step sequence depends on float rounding (for digits-k16 the
+    # same weights gave 1.7e-3, 2.7e-3 and, in float64, 3.5e-3 under different
+    # compilations), so the figure is reproducible to its order of magnitude, not its
+    # digits: within a factor of 3 of the documented value and below the 1e-2 target.
+    assert documented / 3 < rmse < min(3 * documented, 1e-2)
     # a real round trip, not a constant map: the digits differ by far more than the error
     assert float(np.sqrt(np.mean((x_test[1:] - x_test[:-1]) ** 2))) > 100 * rmse
 
