@@ -6,12 +6,15 @@ to a small standard-normal latent. This package builds such flows (from exact or
 or learned denoisers), exposes them to NumPyro as a transform, a distribution and a
 reparameterizer, samples posteriors in the latent space, and checks calibration.
 
-The layers, each importing only those above it in this list:
+The layers, each importing only those above it in this list (``tests/test_architecture.py``
+checks it):
 
-- schedule, scores, flow, solvers: the engine (eigenbasis, denoisers, pfODE);
-- nets, denoiser, train, persistence, datasets, pretrained: learning and keeping flows;
+- schedule, scores, field, solvers, flow: the engine (eigenbasis, denoisers, pfODE);
+- nets, denoiser, datasets, checkpoint, persistence, train, pretrained: learning and
+  keeping flows;
 - numpyro, observations: the NumPyro objects and inverse-problem likelihoods;
-- kernels, laplace, calibration, coverage, diagnostics: inference and its checks.
+- laplace, kernels, evaluation, calibration, coverage, diagnostics: inference and its
+  checks; demo and cli are programs over the public namespace.
 
 >>> import numpyro_inflow as nif
 >>> nif.InflationaryFlow.__name__
