@@ -107,7 +107,6 @@ def test_config_json_is_readable_and_matches_the_flow(saved):
         "atol": 1e-4,
         "pcoeff": 0.2,
         "icoeff": 0.5,
-        "norm": "rms_norm",
     }
     assert f["max_steps"] == 2000
     assert cfg["score"] == {
