@@ -2,7 +2,7 @@ r"""Learned denoisers: EDM-style preconditioning per eigen-direction, and the DS
 
 In eigen coordinates, with data variance $\lambda_i$ and noise variance
 $\gamma_i(t)$ per direction (the generalisation of EDM by de Albuquerque &
-Pearson 2024, section 3 and appendix B; DESIGN.md §2):
+Pearson 2024, section 3 and appendix B):
 
 $$
 c_{in} = \frac{1}{\sqrt{\lambda + \gamma}},\quad
