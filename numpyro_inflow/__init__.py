@@ -34,14 +34,7 @@ from .solvers import ExponentialEuler, ExponentialMidpoint, ExponentialMultistep
 # Learning and keeping flows
 from .denoiser import LearnedDenoiser
 from .checkpoint import Checkpoints
-from .train import (
-    TrainingHistory,
-    adam_warmup_cosine,
-    fit,
-    fit_with_history,
-    init_flow,
-    train_flow,
-)
+from .train import TrainingHistory, adam_warmup_cosine, fit, fit_with_history, init_flow, train_flow
 from .persistence import load_flow, read_config, save_flow
 from .pretrained import pretrained
 

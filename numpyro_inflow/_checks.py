@@ -1,9 +1,8 @@
 """Input validation shared by the public entry points.
 
-Every check raises `ValueError` phrased "``name``: expected X; got Y" so that
-the user sees which argument is wrong and what would have been accepted. Value
-checks (finiteness) run only on concrete arrays: inside ``jit`` the values are not
-known, and the ODE solve itself flags non-finite states.
+Every check raises `ValueError` phrased "``name``: expected X; got Y". Value checks
+(finiteness) run only on concrete arrays: inside ``jit`` the ODE solve itself flags
+non-finite states.
 """
 
 from __future__ import annotations
@@ -22,10 +21,7 @@ def is_concrete(x) -> bool:
 
 def as_float_array(x, name: str, *, min_ndim: int = 0, dtype=None) -> jax.Array:
     """Convert ``x`` to a floating-point JAX array, refusing integer and boolean input."""
-    if isinstance(x, jax.core.Tracer):
-        arr = x
-    else:
-        arr = jnp.asarray(np.asarray(x) if not isinstance(x, jax.Array) else x)
+    arr = x if isinstance(x, jax.Array) else jnp.asarray(np.asarray(x))  # tracers included
     if not jnp.issubdtype(arr.dtype, jnp.floating):
         raise ValueError(
             f"{name}: expected a floating-point array; got dtype {arr.dtype} "
@@ -41,15 +37,9 @@ def as_float_array(x, name: str, *, min_ndim: int = 0, dtype=None) -> jax.Array:
 
 
 def check_finite(x, name: str) -> None:
-    """Raise if a concrete array holds NaN or infinity.
-
-    The check runs in NumPy, so it also works on a concrete array that reaches us
-    while an outer function is being traced (a closed-over observation, say).
-    """
-    if not is_concrete(x):
-        return
-    finite = np.isfinite(np.asarray(x))
-    if not finite.all():
+    """Raise if a concrete array holds NaN or infinity (checked in NumPy, so also while an
+    outer function is traced)."""
+    if is_concrete(x) and not (finite := np.isfinite(np.asarray(x))).all():
         raise ValueError(
             f"{name}: expected finite values; got {int((~finite).sum())} NaN/inf entries"
         )
@@ -69,7 +59,7 @@ def check_positive(value, name: str) -> float:
     try:
         v = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name}: expected a positive number; got {value!r}") from None
+        v = np.nan
     if not np.isfinite(v) or v <= 0:
         raise ValueError(f"{name}: expected a positive finite number; got {value!r}")
     return v

@@ -19,13 +19,6 @@ from pathlib import Path
 __all__ = ["atomic_directory", "atomic_file"]
 
 
-def _umask_mode(path: Path, base: int) -> None:
-    umask = os.umask(0)
-    os.umask(umask)
-    with contextlib.suppress(OSError):
-        os.chmod(path, base & ~umask)
-
-
 def check_target(path, overwrite: bool, *, kind: str = "directory", name: str = "path") -> Path:
     """Check that ``path`` may be written: its parent exists, and it is new or ``overwrite``.
 
@@ -47,8 +40,7 @@ def check_target(path, overwrite: bool, *, kind: str = "directory", name: str = 
     if not os.access(path.parent, os.W_OK | os.X_OK):
         raise ValueError(f"{name}: expected a location in a writable directory; got {str(path)!r}")
     if path.exists() or path.is_symlink():
-        is_kind = path.is_dir() if kind == "directory" else path.is_file()
-        if not is_kind:
+        if not (path.is_dir() if kind == "directory" else path.is_file()):
             other = "file" if kind == "directory" else "directory"
             raise ValueError(
                 f"{name}: expected a {kind} or a new name; got the existing {other} {str(path)!r}"
@@ -61,43 +53,23 @@ def check_target(path, overwrite: bool, *, kind: str = "directory", name: str = 
     return path
 
 
-@contextlib.contextmanager
-def atomic_directory(path, overwrite: bool = False, *, name: str = "path") -> Iterator[Path]:
-    """Write a directory atomically: everything or nothing appears at ``path``.
-
-    Yields a fresh, empty temporary directory next to ``path`` (same file system, so
-    the final move is a rename). When the ``with`` block finishes without an exception
-    the temporary directory is moved to ``path``; if an exception escapes, it is
-    deleted and nothing at ``path`` changes.
-
-    Args:
-        path: the final directory.
-        overwrite: replace an existing directory at ``path``. The old content is
-            moved aside only once the new one is complete, and deleted after the swap.
-        name: the argument name used in error messages.
-
-    Yields:
-        The temporary directory to write into.
-
-    Raises:
-        ValueError: if ``path`` exists and ``overwrite`` is false, if ``path`` is an
-            existing file, or if its parent directory does not exist.
-
-    Examples:
-        >>> import tempfile, pathlib
-        >>> root = pathlib.Path(tempfile.mkdtemp())
-        >>> with atomic_directory(root / "out") as tmp:
-        ...     _ = (tmp / "a.txt").write_text("hi")
-        >>> (root / "out" / "a.txt").read_text()
-        'hi'
-    """
-    path = check_target(path, overwrite, name=name)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    _umask_mode(tmp, 0o777)
+def _atomic(path, overwrite: bool, kind: str, name: str) -> Iterator[Path]:
+    """A temporary ``kind`` next to ``path`` (same file system), renamed onto it at the end."""
+    path, is_dir = check_target(path, overwrite, kind=kind, name=name), kind == "directory"
+    if is_dir:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    else:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp = Path(tmp)
+    umask = os.umask(0)
+    os.umask(umask)
+    with contextlib.suppress(OSError):
+        os.chmod(tmp, (0o777 if is_dir else 0o666) & ~umask)
     try:
         yield tmp
-        check_target(path, overwrite, name=name)  # the target may have appeared meanwhile
-        if path.exists():
+        check_target(path, overwrite, kind=kind, name=name)  # it may have appeared meanwhile
+        if is_dir and path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
             os.rmdir(old)
             os.replace(path, old)  # 1: move the complete old content aside (a rename)
@@ -108,18 +80,47 @@ def atomic_directory(path, overwrite: bool = False, *, name: str = "path") -> It
                 raise
             shutil.rmtree(old, ignore_errors=True)
         else:
-            os.replace(tmp, path)
+            os.replace(tmp, path)  # an atomic rename, replacing a file
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if is_dir:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def atomic_directory(path, overwrite: bool = False, *, name: str = "path") -> Iterator[Path]:
+    """Write a directory atomically: everything or nothing appears at ``path``.
+
+    Args:
+        path: the final directory.
+        overwrite: replace an existing directory at ``path`` (moved aside only once the
+            new one is complete, and deleted after the swap).
+        name: the argument name used in error messages.
+
+    Yields:
+        A fresh, empty temporary directory next to ``path``, moved there when the
+        ``with`` block finishes and deleted if an exception escapes it.
+
+    Raises:
+        ValueError: as `check_target` (``path`` exists and ``overwrite`` is false, is a
+            file, or its parent directory does not exist).
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> root = pathlib.Path(tempfile.mkdtemp())
+        >>> with atomic_directory(root / "out") as tmp:
+        ...     _ = (tmp / "a.txt").write_text("hi")
+        >>> (root / "out" / "a.txt").read_text()
+        'hi'
+    """
+    yield from _atomic(path, overwrite, "directory", name)
 
 
 @contextlib.contextmanager
 def atomic_file(path, overwrite: bool = False, *, name: str = "path") -> Iterator[Path]:
     """Write a file atomically: the complete file or nothing appears at ``path``.
-
-    Yields a temporary path next to ``path``; when the ``with`` block finishes without
-    an exception it is renamed to ``path`` (an atomic replace), otherwise deleted.
 
     Args:
         path: the final file.
@@ -127,11 +128,12 @@ def atomic_file(path, overwrite: bool = False, *, name: str = "path") -> Iterato
         name: the argument name used in error messages.
 
     Yields:
-        The temporary file path to write to (it exists, empty).
+        An empty temporary file next to ``path``, renamed to ``path`` when the ``with``
+        block finishes and deleted if an exception escapes it.
 
     Raises:
-        ValueError: if ``path`` exists and ``overwrite`` is false, is a directory, or its
-            parent directory does not exist.
+        ValueError: as `check_target` (``path`` exists and ``overwrite`` is false, is a
+            directory, or its parent directory does not exist).
 
     Examples:
         >>> import tempfile, pathlib
@@ -141,15 +143,4 @@ def atomic_file(path, overwrite: bool = False, *, name: str = "path") -> Iterato
         >>> (root / "a.txt").read_text()
         'hi'
     """
-    path = check_target(path, overwrite, kind="file", name=name)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
-    _umask_mode(tmp, 0o666)
-    try:
-        yield tmp
-        check_target(path, overwrite, kind="file", name=name)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    yield from _atomic(path, overwrite, "file", name)

@@ -1,23 +1,19 @@
 """Simulation-based calibration (SBC) for any NumPyro model.
 
-SBC (Talts et al. 2018, arXiv 1804.06788) checks a whole inference pipeline: draw
-$\\theta^\\star \\sim p(\\theta)$ and $y \\sim p(y | \\theta^\\star)$, fit
-$p(\\theta | y)$ with the sampler under test, and record the rank of
-$\\theta^\\star$ among (nearly independent) posterior draws. If the sampler is
-exact, every rank is uniform, for every latent and every derived quantity
-$f(\\theta)$. Departures show their shape in rank histograms and PIT-ECDF plots:
-a U shape means over-confident (too narrow) posteriors, a hump under-confident ones, a
-slope a bias.
-
-The fits are vectorised: one per-simulation sampler (warm-up and sampling for all
-chains, built from the kernel's ``init``/``sample``) is compiled once, ``jax.vmap``-ed
-over a batch of simulations, and called batch after batch with a progress bar.
+SBC (Talts et al. 2018, arXiv 1804.06788) draws $\\theta^\\star \\sim p(\\theta)$ and
+$y \\sim p(y | \\theta^\\star)$, fits $p(\\theta | y)$ with the sampler under test and
+records the rank of $\\theta^\\star$ among nearly independent posterior draws. For an
+exact sampler every rank is uniform, for every latent and derived quantity
+$f(\\theta)$: a U-shaped rank histogram means over-confident posteriors, a hump
+under-confident ones, a slope a bias. One per-simulation sampler is compiled once and
+``jax.vmap``-ed over batches of simulations.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -28,6 +24,8 @@ from numpyro import handlers
 from numpyro.diagnostics import effective_sample_size
 from numpyro.infer import NUTS, Predictive
 from scipy import stats
+
+from ._checks import check_positive_int
 
 __all__ = ["SBCResult", "holm", "sbc"]
 
@@ -43,25 +41,18 @@ def holm(pvalues) -> np.ndarray:
     """
     p = np.asarray(pvalues, float)
     flat = p.ravel()
-    m = flat.size
     order = np.argsort(flat)
-    adj = np.minimum(1.0, (m - np.arange(m)) * flat[order])
-    adj = np.maximum.accumulate(adj)
-    out = np.empty(m)
-    out[order] = adj
+    out = np.empty(flat.size)
+    out[order] = np.maximum.accumulate(np.minimum(1.0, np.arange(flat.size, 0, -1) * flat[order]))
     return out.reshape(p.shape)
 
 
 def _flatten_site(name: str, arr: np.ndarray, lead: int) -> dict[str, np.ndarray]:
     """Split the event part of ``arr`` (after ``lead`` batch axes) into scalar quantities."""
     event = arr.shape[lead:]
-    if not event:
-        return {name: arr}
+    names = [f"{name}[{','.join(map(str, i))}]" for i in np.ndindex(*event)] if event else [name]
     flat = arr.reshape((*arr.shape[:lead], -1))
-    return {
-        f"{name}[{','.join(map(str, idx))}]": flat[..., j]
-        for j, idx in enumerate(np.ndindex(*event))
-    }
+    return {n: flat[..., j] for j, n in enumerate(names)}
 
 
 def _latent_sites(model, model_args, model_kwargs, observed) -> list[str]:
@@ -149,15 +140,13 @@ class SBCResult:
         """One row per quantity: p-values, adjusted p-value, flag (a pandas DataFrame)."""
         import pandas as pd
 
-        return pd.DataFrame(
-            {
-                "ks_p": [self.pvalues_ks[q] for q in self.quantities],
-                "chi2_p": [self.pvalues_chi2[q] for q in self.quantities],
-                "adjusted_p": [self.adjusted[q] for q in self.quantities],
-                "flagged": [self.adjusted[q] < self.alpha for q in self.quantities],
-            },
-            index=pd.Index(self.quantities, name="quantity"),
-        )
+        columns = {
+            "ks_p": self.pvalues_ks,
+            "chi2_p": self.pvalues_chi2,
+            "adjusted_p": self.adjusted,
+        }
+        table = pd.DataFrame(columns).loc[self.quantities].rename_axis("quantity")
+        return table.assign(flagged=table["adjusted_p"] < self.alpha)
 
     def to_datatree(self):
         """ArviZ DataTree with the PIT values in group ``prior_sbc`` (and truths in ``prior``).
@@ -167,10 +156,10 @@ class SBCResult:
         """
         from arviz_base import from_dict
 
-        def grp(d):
-            return {q: np.asarray(d[q])[None, :] for q in self.quantities}
-
-        return from_dict({"prior_sbc": grp(self.pit), "prior": grp(self.truths)})
+        groups = {"prior_sbc": self.pit, "prior": self.truths}
+        return from_dict(
+            {g: {q: np.asarray(d[q])[None, :] for q in self.quantities} for g, d in groups.items()}
+        )
 
     def plot_ranks(self, bins: int | None = None, band: float = 0.99):
         """Rank histograms with a pointwise binomial band per bin.
@@ -190,12 +179,11 @@ class SBCResult:
         rows = math.ceil(q / cols)
         fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
         lo, hi = stats.binom.ppf([(1 - band) / 2, (1 + band) / 2], n, 1.0 / bins)
-        edges = np.linspace(0, 1, bins + 1)
         for ax, name in zip(axes.ravel(), self.quantities, strict=False):
             ax.axhspan(lo, hi, color="0.85", label=f"{band:.0%} band")
             ax.axhline(n / bins, color="0.5", lw=0.8)
-            ax.hist(self.pit[name], bins=edges, color="C0", alpha=0.8)
-            flag = " (flagged)" if self.adjusted[name] < self.alpha else ""
+            ax.hist(self.pit[name], bins=np.linspace(0, 1, bins + 1), color="C0", alpha=0.8)
+            flag = " (flagged)" if name in self.flagged else ""
             ax.set_title(f"{name}{flag}", fontsize=9)
             ax.set_xlabel("normalised rank")
         for ax in axes.ravel()[q:]:
@@ -205,12 +193,11 @@ class SBCResult:
         return fig
 
     def plot_ecdf(self, var_names=None, method: str = "pot_c", **kwargs):
-        """PIT-ECDF difference plots with ArviZ's uniformity test (arviz-plots).
+        """PIT-ECDF difference plots with ArviZ's uniformity test (`arviz_plots.plot_ecdf_pit`).
 
-        Calls `arviz_plots.plot_ecdf_pit` on `to_datatree`. The default
-        ``method="pot_c"`` (ArviZ's recommended test) marks the points that drive a
-        departure from uniformity and prints its p-value per panel; ``"envelope"`` draws
-        the simultaneous band of Säilynoja et al. 2022 (ArviZ plans to deprecate it).
+        The default ``method="pot_c"`` (ArviZ's recommendation) marks the points that drive
+        a departure from uniformity and prints its p-value per panel; ``"envelope"`` draws
+        the simultaneous band of Säilynoja et al. 2022.
 
         Args:
             var_names: quantities to plot (default all).
@@ -227,41 +214,28 @@ class SBCResult:
         return plot_ecdf_pit(self.to_datatree(), var_names=var_names, method=method, **kwargs)
 
 
-def _uniformity_pvalues(u: np.ndarray, bins: int) -> tuple[float, float]:
-    ks = float(stats.kstest(u, "uniform").pvalue)
-    counts = np.histogram(u, bins=np.linspace(0, 1, bins + 1))[0]
-    chi2 = float(stats.chisquare(counts).pvalue)
-    return ks, chi2
-
-
 def _build_fit(
-    model, kernel, observed, model_args, model_kwargs, num_warmup, num_samples, num_chains, derived
+    model, kernel, model_args, model_kwargs, num_warmup, num_samples, num_chains, derived
 ):
     """The per-simulation sampler: (key, data dict) -> dict of (chains, draws, ...) arrays."""
 
     def one_chain(key, data):
         kern = kernel(handlers.condition(model, data))
-        k_init, _k_run = jax.random.split(key)
-        state = kern.init(k_init, num_warmup, None, model_args, model_kwargs)
+        state = kern.init(jax.random.split(key)[0], num_warmup, None, model_args, model_kwargs)
 
-        def warm(_, s):
-            return kern.sample(s, model_args, model_kwargs)
-
-        state = jax.lax.fori_loop(0, num_warmup, warm, state)
-
-        def body(s, _):
+        def step(s, _=None):
             s = kern.sample(s, model_args, model_kwargs)
             return s, getattr(s, kern.sample_field)
 
-        _, zs = jax.lax.scan(body, state, None, length=num_samples)
+        state = jax.lax.fori_loop(0, num_warmup, lambda _, s: step(s)[0], state)
+        _, zs = jax.lax.scan(step, state, None, length=num_samples)
         values = jax.vmap(kern.postprocess_fn(model_args, model_kwargs))(zs)
         for name, fn in derived.items():
             values[name] = jax.vmap(fn)(values)
         return values
 
     def fit(key, data):
-        keys = jax.random.split(key, num_chains)
-        return jax.vmap(one_chain, in_axes=(0, None))(keys, data)
+        return jax.vmap(one_chain, in_axes=(0, None))(jax.random.split(key, num_chains), data)
 
     return fit
 
@@ -289,37 +263,33 @@ def sbc(
     """Simulation-based calibration of ``kernel`` on ``model``.
 
     ``model`` is the generative model: called with ``model_args``/``model_kwargs`` and
-    no data, it samples the latents and the ``observed`` sites. For each simulation the
-    observed sites are fixed with `numpyro.handlers.condition`, so any NumPyro
-    model works unchanged.
+    no data, it samples the latents and the ``observed`` sites, which each fit fixes
+    with `numpyro.handlers.condition`, so any NumPyro model works unchanged.
 
-    Thinning: per simulation, all chains are pooled and thinned by
-    $k = \\lceil C N / \\widehat{\\mathrm{ESS}}_{\\min} \\rceil$ (bulk ESS over
-    all quantities, NumPyro's estimator), so the ranks are over nearly independent
-    draws. Ranks become randomised PIT values ``(rank + U) / (L + 1)``, uniform under
-    calibration whatever ``L``. Each quantity gets a KS (default) or chi-square test;
-    the verdict uses Holm's correction at family-wise level ``alpha``.
+    Per simulation, all chains are pooled and thinned by
+    $k = \\lceil C N / \\widehat{\\mathrm{ESS}}_{\\min} \\rceil$ (NumPyro's bulk ESS,
+    smallest over all quantities), so the ranks are over nearly independent draws; they
+    become randomised PIT values ``(rank + U) / (L + 1)``, uniform under calibration
+    whatever ``L``. Each quantity gets a KS (default) or chi-square test; the verdict
+    uses Holm's correction at family-wise level ``alpha``.
 
     Args:
         model: a NumPyro model.
         rng_key: JAX PRNG key.
         observed: name(s) of the data sites.
         num_simulations: number of simulated data sets.
-        kernel: a callable ``model -> MCMCKernel`` (a class such as
-            `numpyro.infer.NUTS` or `numpyro_inflow.MALA`, or a
-            ``functools.partial`` of one). Default NUTS.
+        kernel: a callable ``model -> MCMCKernel`` such as `numpyro.infer.NUTS` (the
+            default), `numpyro_inflow.MALA` or a ``functools.partial`` of one.
         num_warmup: warm-up iterations per chain.
         num_samples: post-warm-up iterations per chain.
         num_chains: chains per simulation.
         derived: ``{name: f}`` with ``f(values) -> array`` applied to one draw (a dict of
             constrained latents and deterministic sites) and to the truth.
-        fit_model: the model conditioned and fitted (default ``model``). Pass a
-            different one to check an approximate or misspecified model against data
-            simulated from ``model``; its latent sites must match.
+        fit_model: the model conditioned and fitted (default ``model``); another one, with
+            the same latent sites, checks an approximate or misspecified model.
         model_args: positional arguments of the model.
         model_kwargs: keyword arguments of the model.
-        batch_size: simulations per vectorised call (``jax.vmap``); the sampler is
-            compiled once for this batch size.
+        batch_size: simulations per vectorised call (``jax.vmap``, compiled once).
         alpha: family-wise significance level of the verdict.
         test: ``"ks"`` (Kolmogorov-Smirnov on PIT values) or ``"chi2"`` (chi-square on
             ``bins`` equal bins).
@@ -348,89 +318,35 @@ def sbc(
     derived = dict(derived or {})
     kernel = NUTS if kernel is None else kernel
     _check_arguments(
-        num_simulations=num_simulations,
-        num_samples=num_samples,
-        num_chains=num_chains,
-        batch_size=batch_size,
-        num_warmup=num_warmup,
-        test=test,
-        alpha=alpha,
-        kernel=kernel,
+        num_warmup, test, alpha, kernel, num_simulations, num_samples, num_chains, batch_size
     )
     bins = max(5, min(20, num_simulations // 10)) if bins is None else int(bins)
 
     latents = _latent_sites(model, model_args, model_kwargs, observed)
     key_prior, key_fit, key_jitter = jax.random.split(rng_key, 3)
     prior = Predictive(model, num_samples=num_simulations)(key_prior, *model_args, **model_kwargs)
-    truth_values = {k: v for k, v in prior.items() if k not in observed}
+    truths = {k: v for k, v in prior.items() if k not in observed}
     for name, fn in derived.items():
-        truth_values[name] = jax.vmap(fn)(truth_values)
-    targets = latents + list(derived)
-
+        truths[name] = jax.vmap(fn)(truths)
+    fit_model = model if fit_model is None else fit_model
     fit = _build_fit(
-        model if fit_model is None else fit_model,
-        kernel,
-        observed,
-        model_args,
-        model_kwargs,
-        num_warmup,
-        num_samples,
-        num_chains,
-        derived,
+        fit_model, kernel, model_args, model_kwargs, num_warmup, num_samples, num_chains, derived
     )
     data = {o: prior[o] for o in observed}
-    draws, seconds = _run_fits(fit, key_fit, data, targets, batch_size, progress_bar)
-
-    # flatten every target into scalar quantities: (S, C, N) draws, (S,) truths
-    q_draws: dict[str, np.ndarray] = {}
-    q_truth: dict[str, np.ndarray] = {}
-    for t in targets:
-        q_draws.update(_flatten_site(t, draws[t], 3))
-        q_truth.update(_flatten_site(t, np.asarray(truth_values[t]), 1))
+    draws, seconds = _run_fits(fit, key_fit, data, batch_size, progress_bar)
+    q_draws, q_truth = {}, {}  # scalar quantities: (S, C, N) draws, (S,) truths
+    for t in latents + list(derived):
+        q_draws |= _flatten_site(t, draws[t], 3)
+        q_truth |= _flatten_site(t, np.asarray(truths[t]), 1)
     return _result(q_draws, q_truth, key_jitter, bins=bins, test=test, alpha=alpha, seconds=seconds)
 
 
-def _result(q_draws, q_truth, key_jitter, *, bins, test, alpha, seconds) -> SBCResult:
-    """Thin, rank and test the scalar quantities ``{name: (S, C, N)}`` against ``{name: (S,)}``."""
-    names = list(q_draws)
-    min_ess, thin = _thinning(np.stack([q_draws[n] for n in names], axis=-1))
-    rng = np.random.default_rng(np.asarray(jax.random.key_data(key_jitter)).ravel())
-    ranks, pit, num_draws = _ranks(q_draws, q_truth, thin, rng)
-    if np.median(num_draws) < 20:
-        warnings.warn(
-            f"sbc: the median number of nearly independent draws is {np.median(num_draws):.0f}; "
-            "ranks are coarse, increase num_samples",
-            stacklevel=3,
-        )
-    p_ks, p_chi2 = {}, {}
-    for n in names:
-        p_ks[n], p_chi2[n] = _uniformity_pvalues(pit[n], bins)
-    chosen = p_ks if test == "ks" else p_chi2
-    adj = holm([chosen[n] for n in names])
-    return SBCResult(
-        quantities=names,
-        ranks=ranks,
-        num_draws=num_draws,
-        pit=pit,
-        truths=q_truth,
-        pvalues=chosen,
-        pvalues_ks=p_ks,
-        pvalues_chi2=p_chi2,
-        adjusted=dict(zip(names, map(float, adj), strict=True)),
-        alpha=float(alpha),
-        test=test,
-        bins=bins,
-        min_ess=min_ess,
-        seconds=seconds,
-    )
-
-
-def _check_arguments(*, num_warmup, test, alpha, kernel, **positive) -> None:
+def _check_arguments(num_warmup, test, alpha, kernel, *positive) -> None:
     """Raise ``ValueError`` on the first bad argument of `sbc`."""
-    for name, v in positive.items():
-        if not isinstance(v, int | np.integer) or v < 1:
-            raise ValueError(f"{name}: expected a positive integer; got {v!r}")
-    if not isinstance(num_warmup, int | np.integer) or num_warmup < 0:
+    names = ("num_simulations", "num_samples", "num_chains", "batch_size")
+    for name, value in zip(names, positive, strict=True):
+        check_positive_int(value, name)
+    if not isinstance(num_warmup, numbers.Integral) or num_warmup < 0:
         raise ValueError(f"num_warmup: expected a non-negative integer; got {num_warmup!r}")
     if test not in ("ks", "chi2"):
         raise ValueError(f"test: expected 'ks' or 'chi2'; got {test!r}")
@@ -440,52 +356,65 @@ def _check_arguments(*, num_warmup, test, alpha, kernel, **positive) -> None:
         raise ValueError(f"kernel: expected a callable model -> MCMCKernel; got {kernel!r}")
 
 
-def _run_fits(fit, key, data, targets, batch_size, progress_bar):
+def _run_fits(fit, key, data, batch_size, progress_bar):
     """Run ``fit`` (vectorised, compiled once) batch after batch over the simulations.
 
-    Returns the draws ``{target: (S, chains, draws, ...)}`` and the wall time.
+    Returns the draws ``{site: (S, chains, draws, ...)}`` and the wall time.
     """
     from tqdm.auto import tqdm
 
     num_simulations = len(next(iter(data.values())))
     fit = jax.jit(jax.vmap(fit))
     keys = jax.random.split(key, num_simulations)
-    draws: dict[str, list[np.ndarray]] = {t: [] for t in targets}
+    batches = []
     t0 = time.perf_counter()
     with tqdm(total=num_simulations, desc="SBC", disable=not progress_bar) as bar:
         for start in range(0, num_simulations, batch_size):
             idx = np.arange(start, start + batch_size) % num_simulations  # pad the last batch
-            out = jax.device_get(fit(keys[idx], {o: v[idx] for o, v in data.items()}))
-            take = min(batch_size, num_simulations - start)
-            for t in targets:
-                draws[t].append(np.asarray(out[t])[:take])
-            bar.update(take)
-    return {t: np.concatenate(d) for t, d in draws.items()}, time.perf_counter() - t0
+            batches.append(jax.device_get(fit(keys[idx], {o: v[idx] for o, v in data.items()})))
+            bar.update(min(batch_size, num_simulations - start))
+    draws = jax.tree.map(lambda *b: np.concatenate(b)[:num_simulations], *batches)
+    return draws, time.perf_counter() - t0
 
 
-def _thinning(stacked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Smallest bulk ESS and thinning factor per simulation of ``(S, C, N, Q)`` draws."""
-    num_simulations, num_chains, num_samples = stacked.shape[:3]
-    min_ess = np.empty(num_simulations)
-    thin = np.empty(num_simulations, int)
-    for s in range(num_simulations):
-        ess = np.asarray(effective_sample_size(stacked[s].astype(np.float64)))
-        ess = np.where(np.isfinite(ess), ess, 1.0)
-        min_ess[s] = max(float(ess.min()), 1.0)
-        thin[s] = max(1, math.ceil(num_chains * num_samples / min_ess[s]))
-    return min_ess, thin
-
-
-def _ranks(q_draws, q_truth, thin, rng):
-    """Ranks of the truths among the thinned pooled draws, and randomised PIT values."""
-    num_simulations = len(thin)
-    ranks, pit, num_draws = {}, {}, np.empty(num_simulations, int)
-    for n, d in q_draws.items():
-        r = np.empty(num_simulations, int)
-        for s in range(num_simulations):
-            kept = d[s][:, :: thin[s]].ravel()
-            num_draws[s] = kept.size
-            r[s] = int(np.sum(kept < q_truth[n][s]))
-        ranks[n] = r
-        pit[n] = (r + rng.uniform(size=num_simulations)) / (num_draws + 1)
-    return ranks, pit, num_draws
+def _result(q_draws, q_truth, key_jitter, *, bins, test, alpha, seconds) -> SBCResult:
+    """Thin, rank and test the scalar quantities ``{name: (S, C, N)}`` against ``{name: (S,)}``."""
+    names = list(q_draws)
+    draws = np.stack([q_draws[n] for n in names], axis=-1)  # (S, C, N, Q)
+    truths = np.stack([q_truth[n] for n in names], axis=-1)  # (S, Q)
+    num_simulations, num_chains, num_samples = draws.shape[:3]
+    ess = np.stack([effective_sample_size(d.astype(np.float64)) for d in draws])
+    min_ess = np.maximum(np.where(np.isfinite(ess), ess, 1.0).min(axis=1), 1.0)
+    thin = np.maximum(1, np.ceil(num_chains * num_samples / min_ess).astype(int))
+    kept = [d[:, ::k].reshape(-1, len(names)) for d, k in zip(draws, thin, strict=True)]
+    num_draws = np.array([len(k) for k in kept])
+    rank = np.stack([np.sum(k < t, axis=0) for k, t in zip(kept, truths, strict=True)])
+    if np.median(num_draws) < 20:
+        warnings.warn(
+            f"sbc: the median number of nearly independent draws is {np.median(num_draws):.0f}; "
+            "ranks are coarse, increase num_samples",
+            stacklevel=3,
+        )
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(key_jitter)).ravel())
+    ranks = {n: rank[:, j] for j, n in enumerate(names)}
+    pit = {n: (r + rng.uniform(size=num_simulations)) / (num_draws + 1) for n, r in ranks.items()}
+    edges = np.linspace(0, 1, bins + 1)
+    p_ks = {n: float(stats.kstest(u, "uniform").pvalue) for n, u in pit.items()}
+    p_chi2 = {n: float(stats.chisquare(np.histogram(u, edges)[0]).pvalue) for n, u in pit.items()}
+    chosen = p_ks if test == "ks" else p_chi2
+    return SBCResult(
+        quantities=names,
+        ranks=ranks,
+        num_draws=num_draws,
+        pit=pit,
+        truths=q_truth,
+        pvalues=chosen,
+        pvalues_ks=p_ks,
+        pvalues_chi2=p_chi2,
+        adjusted=dict(zip(names, map(float, holm(list(chosen.values()))), strict=True)),
+        alpha=float(alpha),
+        test=test,
+        bins=bins,
+        min_ess=min_ess,
+        seconds=seconds,
+    )

@@ -1,15 +1,13 @@
 """Empirical coverage of posterior credible regions from samples and true values.
 
-Plain arrays in: ``samples`` of shape ``(S, N, ...)`` (``N`` posterior draws for each of
-``S`` simulated data sets) and ``truths`` of shape ``(S, ...)``. Out: a table (pandas
-DataFrame) of empirical against nominal coverage with exact binomial intervals and
-tests, and a calibration-curve figure (`plot_coverage`).
-
-- `central_coverage`: equal-tailed intervals, one row per scalar and level.
-- `hdr_coverage`: highest-density regions of the joint posterior (exact when the
-  log density is supplied, else a Gaussian kernel density estimate).
-- `tarp`: the distance-to-random-point test of Lemos et al. 2023 (arXiv
-  2302.03026), a necessary and sufficient coverage check for multivariate targets.
+``samples`` of shape ``(S, N, ...)`` hold ``N`` posterior draws for each of ``S``
+simulated data sets, ``truths`` of shape ``(S, ...)`` the true values.
+`central_coverage` (equal-tailed intervals per scalar) and `hdr_coverage`
+(highest-density regions of the joint posterior, exact given the log density, else from
+a Gaussian kernel density estimate) return pandas tables of empirical against nominal
+coverage with exact binomial intervals and tests, drawn by `plot_coverage`. `tarp` is
+the distance-to-random-point test of Lemos et al. 2023 (arXiv 2302.03026), a necessary
+and sufficient coverage check for multivariate targets.
 """
 
 from __future__ import annotations
@@ -26,7 +24,8 @@ __all__ = ["TARPResult", "central_coverage", "hdr_coverage", "plot_coverage", "t
 DEFAULT_LEVELS = (0.5, 0.8, 0.9, 0.95)
 
 
-def _arrays(samples, truths) -> tuple[np.ndarray, np.ndarray]:
+def _arrays(samples, truths) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """Samples ``(S, N, P)`` and truths ``(S, P)`` with the event flattened, and the event shape."""
     s = np.asarray(samples, float)
     t = np.asarray(truths, float)
     if s.ndim < 2:
@@ -36,7 +35,7 @@ def _arrays(samples, truths) -> tuple[np.ndarray, np.ndarray]:
             f"truths: expected shape {(s.shape[0], *s.shape[2:])} to match samples "
             f"{s.shape}; got shape {t.shape}"
         )
-    return s, t
+    return s.reshape(*s.shape[:2], -1), t.reshape(t.shape[0], -1), t.shape[1:]
 
 
 def _levels(levels) -> np.ndarray:
@@ -49,10 +48,10 @@ def _levels(levels) -> np.ndarray:
 def _binomial_columns(hits: np.ndarray, n: np.ndarray, level: np.ndarray):
     """95% Clopper-Pearson interval and exact two-sided binomial p-value, per row.
 
-    The quantities of ``scipy.stats.binomtest(k, n, p)`` (``proportion_ci(0.95)`` and
-    ``pvalue``), vectorised: scipy finds each interval by root finding (about 10 ms a
-    row); here it is the beta-quantile closed form, and the p-value is the probability
-    of the outcomes no more likely than ``k`` (scipy's relative tolerance 1e-7).
+    ``scipy.stats.binomtest(k, n, p)``'s ``proportion_ci(0.95)`` and ``pvalue``,
+    vectorised: the interval in its beta-quantile closed form (scipy root-finds it, about
+    10 ms a row), the p-value as the probability of the outcomes no more likely than
+    ``k`` (scipy's relative tolerance 1e-7).
     """
     k, n = hits.astype(float), n.astype(float)
     lower = np.where(k > 0, stats.beta.ppf(0.025, np.maximum(k, 1), n - k + 1), 0.0)
@@ -99,20 +98,13 @@ def central_coverage(samples, truths, levels=DEFAULT_LEVELS, *, alpha: float = 0
     Raises:
         ValueError: on mismatched shapes or levels outside (0, 1).
     """
-    s, t = _arrays(samples, truths)
-    lv = _levels(levels)
-    S, N = s.shape[:2]
-    s = s.reshape(S, N, -1)
-    t = t.reshape(S, -1)
-    event = np.asarray(truths).shape[1:]
+    s, t, event = _arrays(samples, truths)
     names = [f"[{','.join(map(str, i))}]" for i in np.ndindex(*event)] if event else ["value"]
     rows = []
-    for level in lv:
-        lo = np.quantile(s, (1 - level) / 2, axis=1)
-        hi = np.quantile(s, (1 + level) / 2, axis=1)
-        inside = (t >= lo) & (t <= hi)
-        for j, name in enumerate(names):
-            rows.append((name, float(level), int(inside[:, j].sum()), S))
+    for level in _levels(levels):
+        lo, hi = np.quantile(s, [(1 - level) / 2, (1 + level) / 2], axis=1)
+        hits = np.sum((t >= lo) & (t <= hi), axis=0)
+        rows += [(name, float(level), int(h), len(t)) for name, h in zip(names, hits, strict=True)]
     return _table(rows, alpha)
 
 
@@ -163,7 +155,7 @@ def hdr_coverage(
     Raises:
         ValueError: on mismatched shapes, or only one of the two log-density arrays.
     """
-    s, t = _arrays(samples, truths)
+    s, t, _ = _arrays(samples, truths)
     lv = _levels(levels)
     S, N = s.shape[:2]
     if (log_density_samples is None) != (log_density_truths is None):
@@ -171,26 +163,17 @@ def hdr_coverage(
             "log_density_samples/log_density_truths: expected both or neither; got one"
         )
     if log_density_samples is None:
-        s2 = s.reshape(S, N, -1)
-        t2 = t.reshape(S, -1)
-        lp_s = np.empty((S, N))
-        lp_t = np.empty(S)
-        for i in range(S):
-            vals = _kde_logpdf(s2[i], np.concatenate([s2[i], t2[i][None]]))
-            lp_s[i], lp_t[i] = vals[:-1], vals[-1]
+        lp = np.stack([_kde_logpdf(si, np.vstack([si, ti])) for si, ti in zip(s, t, strict=True)])
+        lp_s, lp_t = lp[:, :-1], lp[:, -1]
     else:
-        lp_s = np.asarray(log_density_samples, float)
-        lp_t = np.asarray(log_density_truths, float)
+        lp_s, lp_t = np.asarray(log_density_samples, float), np.asarray(log_density_truths, float)
         if lp_s.shape != (S, N) or lp_t.shape != (S,):
             raise ValueError(
                 f"log_density_samples/log_density_truths: expected shapes {(S, N)} and {(S,)}; "
                 f"got {lp_s.shape} and {lp_t.shape}"
             )
-    rows = []
-    for level in lv:
-        thresh = np.quantile(lp_s, 1 - level, axis=1)
-        rows.append(("joint", float(level), int(np.sum(lp_t >= thresh)), S))
-    return _table(rows, alpha)
+    hits = np.sum(lp_t >= np.quantile(lp_s, 1 - lv, axis=1), axis=1)
+    return _table([("joint", float(v), int(h), S) for v, h in zip(lv, hits, strict=True)], alpha)
 
 
 def _figure_axes(ax):
@@ -216,14 +199,10 @@ def plot_coverage(table, ax=None, title: str | None = None):
     fig, ax = _figure_axes(ax)
     ax.plot([0, 1], [0, 1], color="0.5", lw=0.8, ls="--", label="nominal")
     for name, grp in table.groupby("quantity", sort=False):
-        x = grp["level"].to_numpy()
         y = grp["coverage"].to_numpy()
         err = np.stack([y - grp["lower"].to_numpy(), grp["upper"].to_numpy() - y])
-        ax.errorbar(x, y, yerr=err, marker="o", ms=3, capsize=2, label=str(name))
-    ax.set_xlabel("nominal coverage")
-    ax.set_ylabel("empirical coverage")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
+        ax.errorbar(grp["level"], y, yerr=err, marker="o", ms=3, capsize=2, label=str(name))
+    ax.set(xlabel="nominal coverage", ylabel="empirical coverage", xlim=(0, 1), ylim=(0, 1))
     ax.legend(fontsize=7)
     if title:
         ax.set_title(title)
@@ -265,13 +244,11 @@ class TARPResult:
         """
         fig, ax = _figure_axes(ax)
         n = self.f.size
-        lo = stats.binom.ppf(0.025, n, self.alpha_grid) / n
-        hi = stats.binom.ppf(0.975, n, self.alpha_grid) / n
+        lo, hi = stats.binom.ppf([[0.025], [0.975]], n, self.alpha_grid) / n
         ax.fill_between(self.alpha_grid, lo, hi, color="0.85", label="95% band")
         ax.plot([0, 1], [0, 1], color="0.5", lw=0.8, ls="--")
         ax.plot(self.alpha_grid, self.ecp, color="C0", label="TARP ECP")
-        ax.set_xlabel("credibility level")
-        ax.set_ylabel("expected coverage")
+        ax.set(xlabel="credibility level", ylabel="expected coverage")
         ax.set_title(f"TARP: p = {self.pvalue:.3g}", fontsize=9)
         ax.legend(fontsize=7)
         return fig
@@ -310,14 +287,11 @@ def tarp(
     Raises:
         ValueError: on mismatched shapes.
     """
-    s, t = _arrays(samples, truths)
+    s, t, _ = _arrays(samples, truths)
     S, N = s.shape[:2]
-    s = s.reshape(S, N, -1)
-    t = t.reshape(S, -1)
     mean, sd = t.mean(0), t.std(0)
     sd = np.where(sd > 0, sd, 1.0)
-    s = (s - mean) / sd
-    t = (t - mean) / sd
+    s, t = (s - mean) / sd, (t - mean) / sd
     rng = np.random.default_rng(seed)
     if references is None:
         r = rng.uniform(t.min(0), t.max(0), size=t.shape)
@@ -326,9 +300,8 @@ def tarp(
         if r.shape != t.shape:
             raise ValueError(f"references: expected shape {t.shape} (flattened); got {r.shape}")
         r = (r - mean) / sd
-    d_draws = np.linalg.norm(s - r[:, None, :], axis=-1)
     d_truth = np.linalg.norm(t - r, axis=-1)
-    count = np.sum(d_draws < d_truth[:, None], axis=1)
+    count = np.sum(np.linalg.norm(s - r[:, None, :], axis=-1) < d_truth[:, None], axis=1)
     f = (count + rng.uniform(size=S)) / (N + 1)
     grid = np.linspace(0, 1, num_levels)
     ecp = np.mean(f[None, :] < grid[:, None], axis=1)

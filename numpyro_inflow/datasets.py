@@ -12,19 +12,13 @@ name           D    recipe (de Albuquerque & Pearson 2024, appendix C)
 ``s_curve``    3    ``make_s_curve(n, noise=0.2)``, z-scored
 ``swirl``      3    ``make_swiss_roll(n, noise=1.25)``, z-scored
 ``digits``     64   sklearn's bundled 8x8 digits (1,797 images, no download),
-                    pixels mapped from ``0..16`` to ``[-1, 1]`` by
-                    $p/8 - 1$
+                    pixels mapped from ``0..16`` to ``[-1, 1]`` by $p/8 - 1$
 =============  ===  ==========================================================
 
-"z-scored" means each column is standardised with the drawn sample's own mean and
-standard deviation (``ddof=0``), as in the authors' code. The toy sets are
-deterministic for a seed: sklearn's generators receive a
-``numpy.random.RandomState(seed)`` and ``sine`` a ``numpy.random.default_rng(seed)``.
-
-The digits are not z-scored: several border pixels are zero in every image, and
-z-scoring would divide by zero; the affine map to ``[-1, 1]`` keeps them constant
-(the schedule floors their zero eigenvalues). ``n`` and ``seed`` pick a random
-subset of the images (in a random order); ``n=None`` returns all of them, shuffled.
+"z-scored": each column standardised with the sample's own mean and standard deviation
+(``ddof=0``), as in the authors' code; the toy sets are deterministic for a seed. The
+digits are not z-scored (some border pixels are zero in every image; the schedule floors
+their zero eigenvalues); ``n`` and ``seed`` pick a random subset in random order.
 
 User data: a path ending in ``.npy``, ``.npz`` or ``.csv`` (see `load_file`).
 """
@@ -43,6 +37,12 @@ __all__ = ["NAMES", "load", "load_file", "names"]
 NAMES: tuple[str, ...] = ("circles", "moons", "sine", "s_curve", "swirl", "digits")
 _FILE_SUFFIXES = (".npy", ".npz", ".csv")
 _DEFAULT_N = 2000  # the authors' default simulation size
+_SKLEARN = {  # name: (sklearn generator, its options)
+    "circles": ("make_circles", dict(factor=0.5, noise=0.08)),
+    "moons": ("make_moons", dict(noise=0.08)),
+    "s_curve": ("make_s_curve", dict(noise=0.2)),
+    "swirl": ("make_swiss_roll", dict(noise=1.25)),
+}
 
 
 def names() -> tuple[str, ...]:
@@ -62,15 +62,9 @@ def _zscore(x: np.ndarray) -> np.ndarray:
 def _toy(name: str, n: int, seed: int) -> np.ndarray:
     from sklearn import datasets as skd  # imported on use: sklearn is slow to import
 
-    rs = np.random.RandomState(seed)  # sklearn generators take a RandomState
-    if name == "circles":
-        x, _ = skd.make_circles(n, factor=0.5, noise=0.08, random_state=rs)
-    elif name == "moons":
-        x, _ = skd.make_moons(n, noise=0.08, random_state=rs)
-    elif name == "s_curve":
-        x, _ = skd.make_s_curve(n, noise=0.2, random_state=rs)
-    elif name == "swirl":
-        x, _ = skd.make_swiss_roll(n, noise=1.25, random_state=rs)
+    if name in _SKLEARN:
+        make, options = _SKLEARN[name]
+        x, _ = getattr(skd, make)(n, random_state=np.random.RandomState(seed), **options)
     else:  # sine (the paper's sine2)
         rng = np.random.default_rng(seed)
         u = rng.uniform(-1.0, 1.0, n)
@@ -89,27 +83,22 @@ def _digits(n: int | None, seed: int) -> np.ndarray:
     return pixels[order] / 8.0 - 1.0
 
 
+def _check_int(value, name: str, minimum: int, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise ValueError(f"{name}: expected {what}; got {value!r}")
+    return int(value)
+
+
 def _check_n(n, minimum: int = 1) -> int | None:
-    if n is None:
-        return None
-    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < minimum:
-        raise ValueError(f"n: expected an integer >= {minimum} or None; got {n!r}")
-    return int(n)
-
-
-def _check_seed(seed) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-        raise ValueError(f"seed: expected a non-negative integer; got {seed!r}")
-    return int(seed)
+    return None if n is None else _check_int(n, "n", minimum, f"an integer >= {minimum} or None")
 
 
 def load(name, n: int | None = None, seed: int = 0, *, key: str | None = None) -> np.ndarray:
     """Load a built-in data set by name, or a user data file by path.
 
     Args:
-        name: One of `NAMES` (see the module docstring for the recipes), or a
-            path ending in ``.npy``, ``.npz`` or ``.csv`` (a `Path`
-            is always read as a file).
+        name: One of `NAMES` (see the module docstring), or a path ending in ``.npy``,
+            ``.npz`` or ``.csv`` (a `Path` is always read as a file).
         n: Number of points. Toy sets: points drawn (default 2000; at least 2 so
             the data can be z-scored). Digits and files: size of a random subset
             without replacement (default: all rows; for digits shuffled).
@@ -128,15 +117,14 @@ def load(name, n: int | None = None, seed: int = 0, *, key: str | None = None) -
         >>> x.shape, x.dtype
         ((500, 2), dtype('float32'))
     """
-    seed = _check_seed(seed)
+    seed = _check_int(seed, "seed", 0, "a non-negative integer")
     if isinstance(name, str) and name in NAMES:
         if key is not None:
             raise ValueError(f"key: only meaningful for .npz files; got key={key!r} with {name!r}")
         if name == "digits":
             x = _digits(_check_n(n), seed)
         else:
-            count = _check_n(n, minimum=2)
-            x = _toy(name, _DEFAULT_N if count is None else count, seed)
+            x = _toy(name, _check_n(n, minimum=2) or _DEFAULT_N, seed)
         return np.ascontiguousarray(x, dtype=np.float32)
     if isinstance(name, os.PathLike) or (
         isinstance(name, str) and Path(name).suffix.lower() in _FILE_SUFFIXES
@@ -172,11 +160,8 @@ def load_file(path, key: str | None = None) -> np.ndarray:
         A ``float32`` array ``(N, D)`` with ``N >= 1``.
 
     Raises:
-        ValueError: Naming the problem: missing file, unsupported extension,
-            unreadable file, ``.npz`` without the requested or with several arrays,
-            a non-numeric CSV cell (with its line and column), ragged CSV lines, an
-            array that is not 2-D or not numeric, or rows with NaN/inf (the first few
-            row indices are listed).
+        ValueError: Naming the problem (missing, unreadable or unsupported file, ``.npz``
+            key, CSV cell with its line and column, shape, dtype, rows with NaN/inf).
     """
     p = Path(path)
     suffix = p.suffix.lower()
@@ -224,7 +209,8 @@ def _read_csv(p: Path) -> np.ndarray:
         for line_no, cells in enumerate(csv.reader(f), start=1):
             if not cells or all(not c.strip() for c in cells):
                 continue  # blank line
-            if line_no == 1 and not any(_is_number(c) for c in cells):
+            values = [_number(c) for c in cells]
+            if line_no == 1 and all(v is None for v in values):
                 continue  # header of column names
             if width is None:
                 width = len(cells)
@@ -233,26 +219,22 @@ def _read_csv(p: Path) -> np.ndarray:
                     f"{p}: line {line_no}: expected {width} comma-separated values; "
                     f"got {len(cells)}"
                 )
-            row = []
-            for col, c in enumerate(cells, start=1):
-                try:
-                    row.append(float(c))
-                except ValueError:
-                    raise ValueError(
-                        f"{p}: line {line_no}, column {col}: expected a number; got {c!r}"
-                    ) from None
-            rows.append(row)
+            if None in values:
+                col = values.index(None)
+                raise ValueError(
+                    f"{p}: line {line_no}, column {col + 1}: expected a number; got {cells[col]!r}"
+                )
+            rows.append(values)
     if not rows:
         raise ValueError(f"{p}: expected at least one line of numbers; got none")
     return np.asarray(rows, dtype=np.float64)
 
 
-def _is_number(cell: str) -> bool:
+def _number(cell: str) -> float | None:
     try:
-        float(cell)
+        return float(cell)
     except ValueError:
-        return False
-    return True
+        return None
 
 
 def _validate(x, where: str) -> np.ndarray:

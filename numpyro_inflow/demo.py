@@ -1,18 +1,14 @@
 """End-to-end demos: digits inpainting with NUTS (the default), and an exact oracle flow.
 
 The default run (``make demo``, ``inflow demo`` or ``python -m numpyro_inflow.demo``)
-loads the shipped prior ``nif.pretrained("digits")`` with a fixed-step
-`ExponentialMultistep` solver (after measuring its gap to the adaptive one), hides a
-4x4 block of a held-out digit, adds noise to the other pixels, and samples the
-posterior with NUTS in the flow's latent, preconditioned by `laplace_approximation`
-(without it NUTS hits its maximum tree depth). It checks the chains with `diagnose`
-and calibration on more held-out digits with `central_coverage` of the pixel-wise
-intervals of the missing pixels and ArviZ's PIT-ECDF of the truths among the draws.
-``summary.txt`` (ending in a PASS/FAIL verdict), ``summary.json`` and PNG figures go
-to ``--out`` (each file replaced atomically, nothing else there touched).
-
-``--oracle`` runs an exact Gaussian-mixture flow on a 2-D ring instead, comparing its
-encode, decode, log-density and samples with closed forms. ``--quick`` is a smoke run.
+hides a 4x4 block of a held-out digit, adds noise to the other pixels and samples the
+posterior under ``nif.pretrained("digits")`` (with a fixed-step `ExponentialMultistep`
+solver, its gap to the adaptive one measured) by NUTS in the flow's latent,
+preconditioned by `laplace_approximation`. It checks the chains with `diagnose`, and
+calibration on more held-out digits with `central_coverage` of the missing pixels and
+ArviZ's PIT-ECDF. ``summary.txt`` (ending in a PASS/FAIL verdict), ``summary.json`` and
+PNG figures go to ``--out``, each file replaced atomically. ``--oracle`` compares an
+exact Gaussian-mixture flow on a 2-D ring with closed forms; ``--quick`` is a smoke run.
 """
 
 from __future__ import annotations
@@ -143,10 +139,7 @@ def _digits_args(argv) -> argparse.Namespace:
 
 
 def _sampler(model, args):
-    """A single-chain NUTS run ``(key, y, laplace) -> (samples, steps, diverging)``.
-
-    Compiled once (``jit_model_args``) and reused for every chain and every digit.
-    """
+    """A NUTS chain ``(key, y, laplace) -> (samples, steps, diverging)``, compiled once."""
     from numpyro.infer import MCMC, NUTS
 
     mcmc = MCMC(
@@ -221,9 +214,7 @@ def _calibrate(flow, observation, truths, run, key, miss, quiet):
     keys = tqdm(jax.random.split(k_run, len(ys)), "calibration digits", disable=quiet)
     t0 = time.perf_counter()
     approx = (nif.laplace_approximation(flow, observation, y) for y in ys)
-    xb = np.stack(
-        [np.asarray(run(k, y, a)[0]["x"]) for k, y, a in zip(keys, ys, approx, strict=True)]
-    )
+    xb = np.stack([np.asarray(samples["x"]) for samples, *_ in map(run, keys, ys, approx)])
     seconds = time.perf_counter() - t0  # xb: (digits, draws, 64)
     table = _coverage(xb[..., miss], truths[:, miss])
     ranks = np.sum(xb[..., miss] < truths[:, None, miss], axis=1)
@@ -232,9 +223,7 @@ def _calibrate(flow, observation, truths, run, key, miss, quiet):
         seconds_map_laplace_nuts=seconds,
         coverage_90_missing=_at(table),
         coverage_90_all=_at(_coverage(xb, truths, [LEVEL])),
-        psnr_posterior_mean=float(
-            np.mean([psnr(m, t) for m, t in zip(xb.mean(1), truths, strict=True)])
-        ),
+        psnr_posterior_mean=float(np.mean(list(map(psnr, xb.mean(1), truths)))),
         levels=LEVELS.tolist(),
         coverage_missing_by_level=table["coverage"].tolist(),
     ), (table, (ranks + u) / (xb.shape[1] + 1))
@@ -276,22 +265,20 @@ def _report(summary: dict, out: Path) -> str:
     inp, cov, (lo, hi) = summary["inpainting"], summary["coverage"], TARGET
     shorten = (p if len(p) < 60 else p[:56] + "...]" for p in inp["diagnostics"])
     rhat = inp["max_rhat_latent"]
-    text = REPORT.format(
-        **summary,
-        rhat="" if rhat is None else f", max R-hat {rhat:.3f}",
-        diag="; ".join(shorten) or "OK",
-    )
+    rhat = "" if rhat is None else f", max R-hat {rhat:.3f}"
+    text = REPORT.format(**summary, rhat=rhat, diag="; ".join(shorten) or "OK")
     files = "summary.txt, summary.json, inpainting.png, posterior_samples.png"
     if cov is None:
-        verdict = "verdict: NOT CHECKED (--coverage-digits 0)"
-        return f"{text}{verdict}\nreport in {out.resolve()}/ ({files})"
-    ok = lo <= cov["coverage_90_missing"] <= hi
-    return (
-        f"{text}{CALIBRATION.format(**summary, n=len(cov['digits']))}verdict: "
-        f"{'PASS' if ok else 'FAIL'} (coverage of the 90% intervals of the missing pixels "
-        f"{cov['coverage_90_missing']:.1%}; target {lo:.0%} to {hi:.0%})\n"
-        f"report in {out.resolve()}/ ({files}, calibration.png)"
-    )
+        text += "verdict: NOT CHECKED (--coverage-digits 0)\n"
+    else:
+        ok = lo <= cov["coverage_90_missing"] <= hi
+        text += (
+            f"{CALIBRATION.format(**summary, n=len(cov['digits']))}verdict: "
+            f"{'PASS' if ok else 'FAIL'} (coverage of the 90% intervals of the missing pixels "
+            f"{cov['coverage_90_missing']:.1%}; target {lo:.0%} to {hi:.0%})\n"
+        )
+        files += ", calibration.png"
+    return f"{text}report in {out.resolve()}/ ({files})"
 
 
 def digits_main(argv=None) -> int:
@@ -383,10 +370,8 @@ def oracle_main(argv=None) -> int:
     true_mean, true_cov = exact.moments()
     summary = {
         "schedule": {
-            "keep": schedule.keep,
-            "t_end": schedule.t_end,
-            "eigenvalues": np.asarray(schedule.eigenvalues).tolist(),
-            "base_variance": np.asarray(schedule.base_variance).tolist(),
+            k: np.asarray(getattr(schedule, k)).tolist()
+            for k in ("keep", "t_end", "eigenvalues", "base_variance")
         },
         "encode": {"seconds": seconds, "mean_nfe": float(info.nfe.mean())},
         "round_trip_max_abs_error": float(jnp.max(jnp.abs(flow.decode(z) - x))),

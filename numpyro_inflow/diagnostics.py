@@ -49,21 +49,14 @@ class Diagnosis:
 
 
 def _step_size_of(state):
-    if state is None:
-        return None
-    if hasattr(state, "adapt_state") and hasattr(state.adapt_state, "step_size"):
-        return np.atleast_1d(np.asarray(state.adapt_state.step_size))
-    if hasattr(state, "step_size"):
-        return np.atleast_1d(np.asarray(state.step_size))
+    for obj in (getattr(state, "adapt_state", None), state):
+        if hasattr(obj, "step_size"):
+            return np.atleast_1d(np.asarray(obj.step_size))
     return None
 
 
 def diagnose(
-    mcmc,
-    *,
-    rhat_max: float = 1.01,
-    ess_min_per_chain: float = 100.0,
-    warn: bool = True,
+    mcmc, *, rhat_max: float = 1.01, ess_min_per_chain: float = 100.0, warn: bool = True
 ) -> Diagnosis:
     """R-hat, bulk/tail ESS, divergences, acceptance and step size in one table.
 
@@ -92,32 +85,27 @@ def diagnose(
     from arviz_stats import summary
 
     state = getattr(mcmc, "last_state", None)
-    if hasattr(mcmc, "get_samples"):
-        if getattr(mcmc, "_states", None) is None:
-            raise ValueError("mcmc: expected a finished MCMC run; got one without samples")
-        dt = from_numpyro(mcmc)
-    else:
-        dt = mcmc
+    is_run = hasattr(mcmc, "get_samples")
+    if is_run and getattr(mcmc, "_states", None) is None:
+        raise ValueError("mcmc: expected a finished MCMC run; got one without samples")
+    dt = from_numpyro(mcmc) if is_run else mcmc
     if "posterior" not in dt.children:
         raise ValueError("mcmc: expected a run or DataTree with a posterior group; got none")
-    table = summary(dt, kind="all", round_to="none")[
-        ["mean", "sd", "ess_bulk", "ess_tail", "r_hat"]
-    ]
-    table = pd.DataFrame(table).astype(float)
+    columns = ["mean", "sd", "ess_bulk", "ess_tail", "r_hat"]
+    table = pd.DataFrame(summary(dt, kind="all", round_to="none")[columns]).astype(float)
     n_chains = int(dt.posterior.sizes["chain"])
 
-    stats = dt["sample_stats"].to_dataset() if "sample_stats" in dt.children else None
+    stats = dt["sample_stats"].to_dataset() if "sample_stats" in dt.children else {}
     per_chain = {}
-    if stats is not None and "diverging" in stats:
+    if "diverging" in stats:
         per_chain["divergences"] = stats["diverging"].sum("draw").values.astype(int)
-    if stats is not None and "acceptance_rate" in stats:
+    if "acceptance_rate" in stats:
         per_chain["accept_prob"] = stats["acceptance_rate"].mean("draw").values
-    elif state is not None and hasattr(state, "mean_accept_prob"):
+    elif hasattr(state, "mean_accept_prob"):
         per_chain["accept_prob"] = np.atleast_1d(np.asarray(state.mean_accept_prob))
-    if stats is not None and "step_size" in stats:
-        per_chain["step_size"] = stats["step_size"].mean("draw").values
-    elif _step_size_of(state) is not None:
-        per_chain["step_size"] = _step_size_of(state)
+    step = stats["step_size"].mean("draw").values if "step_size" in stats else _step_size_of(state)
+    if step is not None:
+        per_chain["step_size"] = step
     per_chain = {
         k: np.broadcast_to(v, (n_chains,))
         if np.size(v) in (1, n_chains)
@@ -129,15 +117,13 @@ def diagnose(
         if col in chains:
             table[col] = chains[col].sum() if col == "divergences" else chains[col].mean()
 
-    problems = []
-    bad_rhat = table.index[table["r_hat"] > rhat_max].tolist()
-    if bad_rhat:
-        problems.append(f"R-hat > {rhat_max} for {bad_rhat}")
     ess_min = ess_min_per_chain * n_chains
-    for kind in ("ess_bulk", "ess_tail"):
-        low = table.index[table[kind] < ess_min].tolist()
-        if low:
-            problems.append(f"{kind} < {ess_min:g} for {low}")
+    crossed = {
+        f"R-hat > {rhat_max}": table["r_hat"] > rhat_max,
+        f"ess_bulk < {ess_min:g}": table["ess_bulk"] < ess_min,
+        f"ess_tail < {ess_min:g}": table["ess_tail"] < ess_min,
+    }
+    problems = [f"{k} for {table.index[bad].tolist()}" for k, bad in crossed.items() if bad.any()]
     if "divergences" in chains and chains["divergences"].sum() > 0:
         problems.append(f"{int(chains['divergences'].sum())} divergent transitions")
     if warn and problems:

@@ -1,19 +1,11 @@
 r"""Reference answers and scores for checking flows and posteriors.
 
 Shared by the tests, the demo, the examples and the benchmarks, so that each number
-means the same thing everywhere:
-
-- `GaussianMixture`: a Gaussian mixture in float64 NumPy with its closed-form
-  density, moments, draws and posterior under a linear-Gaussian observation; with
-  `GaussianMixture.of_flow` it is the exact density of an oracle flow (de
-  Albuquerque & Pearson 2024, the Gaussian-mixture denoiser).
-- `energy_distance`: the two-sample energy distance (one estimator, the unbiased
-  U-statistic).
-- `psnr`: peak signal-to-noise ratio of an image estimate.
-- `block_mask`, `random_mask`: observed-pixel masks of the digits inpainting
-  problems.
-- `LatentMixtureProblem`: the hierarchical model of the paper's section 5 (mixture
-  weights of latent points decoded by a flow).
+means the same thing everywhere: `GaussianMixture` (closed-form density, moments, draws
+and linear-Gaussian posterior of a mixture; with `GaussianMixture.of_flow`, the exact
+density of an oracle flow), `energy_distance` (the unbiased U-statistic), `psnr`, the
+inpainting masks `block_mask` and `random_mask`, and `LatentMixtureProblem` (the
+hierarchical model of de Albuquerque & Pearson 2024, sec. 5).
 """
 
 from __future__ import annotations
@@ -25,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
+from scipy.spatial.distance import cdist
 from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
 
@@ -138,11 +131,9 @@ class GaussianMixture(NamedTuple):
 
     def log_prob(self, x) -> np.ndarray:
         """Log-density at points ``x`` of shape ``(..., D)``; returns shape ``(...)``."""
-        x = np.asarray(x, np.float64)
         pairs = zip(self.means, self.covariances, strict=True)
-        terms = np.stack([_gaussian_logpdf(x, m, c) for m, c in pairs])
-        weights = self.weights.reshape(-1, *([1] * (x.ndim - 1)))
-        return logsumexp(terms, axis=0, b=weights)
+        terms = np.stack([_gaussian_logpdf(np.asarray(x, np.float64), m, c) for m, c in pairs], -1)
+        return logsumexp(terms, axis=-1, b=self.weights)
 
     def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
         """``n`` exact draws ``(n, D)`` with the NumPy generator ``rng``."""
@@ -183,16 +174,15 @@ class GaussianMixture(NamedTuple):
                 f"matrix, y: expected shapes (K, {self.dim}) and (K,); got {a.shape} and {y.shape}"
             )
         r = np.diag(np.broadcast_to(np.asarray(noise_std, np.float64) ** 2, y.shape))
-        loglik, means, covs = [], [], []
-        for m, s in zip(self.means, self.covariances, strict=True):
-            sy = a @ s @ a.T + r
-            gain = np.linalg.solve(sy, a @ s).T
-            means.append(m + gain @ (y - a @ m))
-            covs.append(s - gain @ a @ s)
-            loglik.append(_gaussian_logpdf(y, a @ m, sy))
-        loglik = np.asarray(loglik)
+        s = self.covariances
+        sy = a @ s @ a.T + r  # (M, K, K)
+        gain = np.swapaxes(np.linalg.solve(sy, a @ s), -1, -2)  # (M, D, K)
+        means = self.means + np.einsum("mdk,mk->md", gain, y - self.means @ a.T)
+        loglik = np.array(
+            [_gaussian_logpdf(y, a @ m, c) for m, c in zip(self.means, sy, strict=True)]
+        )
         weights = self.weights * np.exp(loglik - loglik[self.weights > 0].max())
-        return GaussianMixture.from_arrays(weights, means, covs)
+        return GaussianMixture.from_arrays(weights, means, s - gain @ a @ s)
 
 
 def _points(x, name: str) -> np.ndarray:
@@ -204,14 +194,9 @@ def _points(x, name: str) -> np.ndarray:
 
 
 def _distance_sum(p: np.ndarray, q: np.ndarray) -> float:
-    """Sum of Euclidean distances over all pairs, in chunks of about 2^22 numbers."""
-    rows = max(1, 2**22 // q.size)
-    return float(
-        sum(
-            np.sqrt(np.sum((p[i : i + rows, None, :] - q[None]) ** 2, -1)).sum()
-            for i in range(0, len(p), rows)
-        )
-    )
+    """Sum of Euclidean distances over all pairs, in chunks of about 2^22 distances."""
+    rows = max(1, 2**22 // len(q))
+    return float(sum(cdist(p[i : i + rows], q).sum() for i in range(0, len(p), rows)))
 
 
 def energy_distance(a, b) -> float:
@@ -226,11 +211,9 @@ def energy_distance(a, b) -> float:
       - \frac{1}{m(m-1)}\sum_{j \ne j'}\lVert b_j - b_{j'}\rVert .
     $$
 
-    Its expectation is the population energy distance, so it is zero on average (and
-    can be slightly negative) when both samples come from the same law, and values
-    from samples of different sizes compare. The V-statistic (dividing by $n^2$ and
-    $m^2$) is biased upwards by about $E\lVert X-X'\rVert/n + E\lVert Y-Y'\rVert/m$.
-    Computed in float64, in chunks (memory independent of the sample sizes).
+    Zero on average (possibly slightly negative) for two samples of one law, and
+    comparable across sample sizes, unlike the upward-biased V-statistic. Computed in
+    float64, in chunks (memory independent of the sample sizes).
 
     Args:
         a: ``(n, d)`` draws (``(n,)`` for ``d = 1``), ``n >= 2``.

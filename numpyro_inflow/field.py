@@ -10,11 +10,9 @@ $$
 \qquad r_i = \rho(1 + g_i).
 $$
 
-`PFODEField` evaluates the denoiser $D$ once per call and composes the right-hand
-side from it; diffrax's solvers see the whole right-hand side, the exponential
-integrators of ``numpyro_inflow.solvers`` the denoiser value itself.
-`SolveConfig` holds the diffrax solver, step-size controller, adjoint and limits of
-a solve, and runs it.
+`PFODEField` evaluates $D$ once per call: diffrax's solvers see the right-hand side,
+the exponential integrators of ``numpyro_inflow.solvers`` the denoiser value.
+`SolveConfig` holds the solver, step-size controller, adjoint and limits, and solves.
 """
 
 from __future__ import annotations
@@ -38,12 +36,11 @@ __all__ = ["PFODEField", "SolveConfig", "SolveInfo"]
 class PFODEField(eqx.Module):
     r"""The pfODE vector field of a flow, as diffrax sees it (``ODETerm(PFODEField(...))``).
 
-    With ``probes`` set to ``None`` the state is ``v``; otherwise it is ``(v, acc)``
-    where ``acc`` integrates the denoiser part of the divergence,
-    $-\sum_i \tfrac{r_i}{2}\, \partial D_i/\partial w_i$, exactly (``probes`` is the
-    string ``"exact"``) or by Hutchinson's estimator with the given probe vectors
-    ``(P, D)``. The linear part of the divergence, $\sum_i(\dot s_i/s_i + r_i/2)$, is
-    left to the caller (it integrates in closed form).
+    With ``probes=None`` the state is ``v``; otherwise it is ``(v, acc)``, where ``acc``
+    integrates the denoiser part of the divergence, $-\sum_i \tfrac{r_i}{2}\, \partial
+    D_i/\partial w_i$, exactly (``"exact"``) or by Hutchinson's estimator with probe
+    vectors ``(P, D)``. The linear part, $\sum_i(\dot s_i/s_i + r_i/2)$, integrates in
+    closed form and is left to the caller.
 
     Attributes:
         schedule: the `InflationSchedule`.
@@ -101,29 +98,15 @@ class SolveInfo(NamedTuple):
     nfe: jax.Array
 
 
-# Denoiser evaluations per step of diffrax's explicit Runge-Kutta solvers (initial
-# evaluations counted apart); other solvers declare ``evals_per_step``.
-_EVALS_PER_STEP = {
-    diffrax.Euler: 1,
-    diffrax.Heun: 2,
-    diffrax.Midpoint: 2,
-    diffrax.Ralston: 2,
-    diffrax.Bosh3: 3,
-    diffrax.Tsit5: 6,
-    diffrax.Dopri5: 6,
-    diffrax.Dopri8: 13,  # 14 stages, first-same-as-last
-}
-
-
 def _nfe(solver, num_steps) -> jax.Array:
-    per_step = getattr(solver, "evals_per_step", None) or _EVALS_PER_STEP.get(type(solver))
+    # Evaluations per step: declared by the solver (``evals_per_step``), else the stages of
+    # an explicit Runge-Kutta tableau less a first-same-as-last one, else 1 (Euler).
+    per_step = getattr(solver, "evals_per_step", None)
     tab = getattr(solver, "tableau", None)
-    if per_step is None and tab is not None:  # another explicit Runge-Kutta method
+    if per_step is None and tab is not None:
         per_step = len(tab.c) + 1 - int(tab.fsal)
-    # Initial evaluations: only the first-same-as-last one at t0 (plus a multistep
-    # start-up). diffeqsolve hands the controller its time-normalising wrapper of the
-    # term, for which PIDController's initial-step heuristic returns 0.01 without
-    # evaluating the field, so dt0=None costs nothing (tests/test_flow.py counts calls).
+    # Initial evaluations: a first-same-as-last one at t0 and a multistep start-up (the
+    # controller's initial-step heuristic sees diffrax's wrapped term and does not evaluate).
     initial = int(getattr(tab, "fsal", False)) + int(getattr(solver, "initial_evals", 0))
     return num_steps * (per_step or 1) + initial
 
@@ -139,14 +122,12 @@ class SolveConfig(eqx.Module):
         rtol: relative tolerance of the default adaptive step-size controller.
         atol: absolute tolerance of the default adaptive step-size controller.
         solver: a diffrax solver object (default ``diffrax.Tsit5()``).
-        stepsize_controller: a diffrax step-size controller (default
-            ``PIDController(rtol, atol)`` for adaptive solvers,
-            ``ConstantStepSize()`` otherwise). A ``StepTo`` grid from the start to the
-            end time is walked backwards for solves that run backwards.
+        stepsize_controller: a diffrax step-size controller (default ``PIDController(rtol,
+            atol)`` for adaptive solvers, else ``ConstantStepSize()``); a ``StepTo`` grid
+            is walked backwards for solves that run backwards.
         adjoint: a diffrax adjoint (default ``RecursiveCheckpointAdjoint()``).
-        dt0: initial (adaptive) or fixed step size; ``None`` lets an adaptive
-            controller choose, and means ``0.01`` (the authors' step) for
-            ``ConstantStepSize``.
+        dt0: initial (adaptive) or fixed step size; ``None`` lets an adaptive controller
+            choose, and means ``0.01`` (the authors' step) for ``ConstantStepSize``.
         max_steps: step limit of one solve.
         throw: whether the flow raises on a failed solve (else NaN outputs).
 
@@ -163,10 +144,7 @@ class SolveConfig(eqx.Module):
 
     rtol: float = eqx.field(static=True)
     atol: float = eqx.field(static=True)
-    # (solver, controller, adjoint) split into array leaves and hashable static parts:
-    # PIDController holds a norm function and Python floats, which as pytree leaves
-    # would break ``jax.jit(f)(flow, x)``; a StepTo grid must stay a leaf.
-    _arrays: tuple
+    _arrays: tuple  # (solver, controller, adjoint) split: array leaves, the rest static
     _static: tuple = eqx.field(static=True)
     dt0: float | None = eqx.field(static=True)
     max_steps: int = eqx.field(static=True)
@@ -188,11 +166,8 @@ class SolveConfig(eqx.Module):
         solver = diffrax.Tsit5() if solver is None else solver
         if stepsize_controller is None:
             adaptive = isinstance(solver, diffrax.AbstractAdaptiveSolver)
-            stepsize_controller = (
-                diffrax.PIDController(rtol=self.rtol, atol=self.atol)
-                if adaptive
-                else diffrax.ConstantStepSize()
-            )
+            pid = diffrax.PIDController(rtol=self.rtol, atol=self.atol)
+            stepsize_controller = pid if adaptive else diffrax.ConstantStepSize()
         adjoint = diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint
         for name, obj, kind in (
             ("solver", solver, diffrax.AbstractSolver),
@@ -208,9 +183,8 @@ class SolveConfig(eqx.Module):
         if not isinstance(throw, bool | np.bool_):
             raise ValueError(f"throw: expected True or False; got {throw!r}")
         self.throw = bool(throw)
-        self._arrays, self._static = eqx.partition(
-            (solver, stepsize_controller, adjoint), eqx.is_array
-        )
+        parts = (solver, stepsize_controller, adjoint)
+        self._arrays, self._static = eqx.partition(parts, eqx.is_array)
 
     solver = property(lambda self: self._parts[0], doc="The diffrax solver.")
     stepsize_controller = property(lambda self: self._parts[1], doc="The step-size controller.")

@@ -35,32 +35,22 @@ class InflationaryFlow(eqx.Module):
 
     Args:
         schedule: the `InflationSchedule`.
-        score: any `AbstractScore` of the same dimension
-            (an oracle or a trained denoiser).
+        score: any `AbstractScore` of the same dimension (an oracle or a trained denoiser).
         rtol: relative tolerance of the default adaptive step-size controller.
         atol: absolute tolerance of the default adaptive step-size controller.
-        solver: a diffrax solver object (default ``diffrax.Tsit5()``). Fixed-step
-            solvers (``diffrax.Euler()``, ``diffrax.Heun()``, ...) use ``dt0``.
-        stepsize_controller: a diffrax step-size controller (default
-            ``PIDController(rtol, atol)`` for adaptive solvers, ``ConstantStepSize()``
-            otherwise). A ``StepTo``
-            grid runs from 0 to ``T`` and is walked backwards when decoding.
+        solver: a diffrax solver object (default ``diffrax.Tsit5()``).
+        stepsize_controller: a diffrax step-size controller (default as in `SolveConfig`);
+            a ``StepTo`` grid runs from 0 to ``T`` and is walked backwards when decoding.
         adjoint: a diffrax adjoint (default ``RecursiveCheckpointAdjoint()``, reverse
-            mode only). Forward-mode differentiation (``jax.jvp``, ``jax.jacfwd``,
-            NumPyro's ``forward_mode_differentiation=True``) needs
-            ``diffrax.ForwardMode()``; with the default it raises a ``TypeError`` that
-            says so (JAX's own "can't apply forward-mode autodiff" when the flow is
-            called inside a function that was jitted before being differentiated).
-        dt0: initial (adaptive) or fixed step size; ``None`` lets an adaptive
-            controller choose, and means ``0.01`` (the authors' step) for fixed-step
-            solvers.
+            mode only: forward-mode differentiation, e.g. NumPyro's
+            ``forward_mode_differentiation=True``, needs ``diffrax.ForwardMode()`` and
+            otherwise raises a ``TypeError`` that says so).
+        dt0: initial (adaptive) or fixed step size (``None``: see `SolveConfig`).
         max_steps: step limit of one solve.
-        throw: raise when a solve fails (step limit reached, non-finite state). With
-            ``throw=False`` failed outputs are NaN and ``*_with_info`` methods report
-            ``success``; NumPyro objects use this to reject such proposals.
-        trace: divergence estimator for `log_prob`: ``"exact"`` (Jacobian
-            diagonal), ``"hutchinson"`` (needs a ``key``) or ``"auto"`` (exact up to
-            D = 16).
+        throw: raise when a solve fails (step limit reached, non-finite state); with
+            ``False`` failed outputs are NaN and ``*_with_info`` methods report ``success``.
+        trace: divergence estimator for `log_prob`: ``"exact"`` (Jacobian diagonal),
+            ``"hutchinson"`` (needs a ``key``) or ``"auto"`` (exact up to D = 16).
         num_probes: Hutchinson probe vectors per point.
 
     Raises:
@@ -124,7 +114,6 @@ class InflationaryFlow(eqx.Module):
         self.trace = trace
         self.num_probes = check_positive_int(num_probes, "num_probes")
 
-    # ------------------------------------------------------------------ properties
     rtol = property(lambda self: self.config.rtol, doc="Relative tolerance (default controller).")
     atol = property(lambda self: self.config.atol, doc="Absolute tolerance (default controller).")
     solver = property(lambda self: self.config.solver, doc="The diffrax solver.")
@@ -164,8 +153,8 @@ class InflationaryFlow(eqx.Module):
     @property
     def needs_trace_key(self) -> bool:
         """Whether `log_prob` needs a PRNG ``key`` (Hutchinson trace estimation)."""
-        return not (
-            self.trace == "exact" or (self.trace == "auto" and self.dim <= _EXACT_TRACE_MAX_DIM)
+        return self.trace == "hutchinson" or (
+            self.trace == "auto" and self.dim > _EXACT_TRACE_MAX_DIM
         )
 
     def _arguments(self) -> dict:
@@ -185,7 +174,6 @@ class InflationaryFlow(eqx.Module):
             del kwargs["stepsize_controller"]
         return InflationaryFlow(**{**kwargs, **changes})
 
-    # ------------------------------------------------------------------ settings
     def settings(self) -> dict:
         """The solve and log-density settings as plain JSON data (no schedule, no score).
 
@@ -239,48 +227,36 @@ class InflationaryFlow(eqx.Module):
         try:
             return cls(schedule, score, **kwargs)
         except ValueError as e:
-            msg = str(e)
-            key = msg.split(":", 1)[0]
+            key, _, rest = str(e).partition(":")
             if key in _SETTINGS_KEYS:
-                raise ValueError(f"settings[{key!r}]" + msg[len(key) :]) from None
+                raise ValueError(f"settings[{key!r}]:{rest}") from None
             raise
 
-    # ------------------------------------------------------------------ one solve
-    def _log_det_linear(self) -> jax.Array:
-        # log|det dz/dx| without the denoiser integral: sum log s(T) - D log A0 + T sum r / 2.
+    def _one(self, a, probes, encode: bool):
+        """Encode (``0 -> T``) or decode one point; with ``probes``, also its log-det."""
         sch = self.schedule
-        return (
+        if encode:
+            y0, t0, t1 = sch.scale(0.0) * sch.to_eigen(a), 0.0, sch.t_end
+        else:
+            y0, t0, t1 = sch.A0 * a, sch.t_end, 0.0
+        if probes is not None:
+            y0 = (y0, jnp.zeros((), y0.dtype))
+        y1, info = self.config.solve(PFODEField(sch, self.score, probes), y0, t0, t1)
+        v1, acc = (y1, None) if probes is None else y1
+        out = v1 / sch.A0 if encode else sch.from_eigen(v1 / sch.scale(0.0))
+        if probes is None:
+            return out, info
+        # log|det dz/dx| without the denoiser integral: sum log s(T) - D log A0 + T sum r / 2.
+        linear = (
             jnp.sum(jnp.log(sch.scale(sch.t_end)))
             - sch.dim * jnp.log(sch.A0)
             + 0.5 * sch.t_end * jnp.sum(sch.rates)
         )
+        return out, acc + (linear if encode else -linear), info
 
-    def _solve(self, y0, t0, t1, probes):
-        field = PFODEField(self.schedule, self.score, probes)
-        if probes is None:
-            return self.config.solve(field, y0, t0, t1)
-        (v1, acc), info = self.config.solve(field, (y0, jnp.zeros((), y0.dtype)), t0, t1)
-        return v1, acc, info
-
-    def _encode_one(self, x, probes=None):
-        sch = self.schedule
-        *out, info = self._solve(sch.scale(0.0) * sch.to_eigen(x), 0.0, sch.t_end, probes)
-        if probes is None:
-            return out[0] / sch.A0, info
-        return out[0] / sch.A0, self._log_det_linear() + out[1], info
-
-    def _decode_one(self, z, probes=None):
-        sch = self.schedule
-        *out, info = self._solve(sch.A0 * z, sch.t_end, 0.0, probes)
-        x = sch.from_eigen(out[0] / sch.scale(0.0))
-        if probes is None:
-            return x, info
-        return x, out[1] - self._log_det_linear(), info
-
-    # ------------------------------------------------------------------ batching
-    def _probes_for(self, batch_shape, key, dtype):
+    def _probes(self, batch_shape, key, dtype):
         if not self.needs_trace_key:
-            return None
+            return "exact"
         if key is None:
             raise ValueError(
                 "key: Hutchinson trace estimation (trace='hutchinson', or 'auto' with "
@@ -289,15 +265,12 @@ class InflationaryFlow(eqx.Module):
         shape = (*batch_shape, self.num_probes, self.dim)
         return jax.random.rademacher(key, shape, dtype)
 
-    def _run(self, one, a, name, log_det=False, key=None):
-        """Validate ``a``, solve every point with ``one``, check failures."""
+    def _run(self, a, name, encode, log_det=False, key=None):
+        """Validate ``a``, solve every point, check failures."""
         a = event_input(a, name, self.dim)
+        probes = self._probes(a.shape[:-1], key, a.dtype) if log_det else None
         try:
-            if log_det:
-                probes = self._probes_for(a.shape[:-1], key, a.dtype)
-                *out, info = _batched_logdet(one, self, a, probes)
-            else:
-                *out, info = _batched(one, self, a)
+            *out, info = _batched(self, a, probes, encode)
         except TypeError as e:
             if "custom_vjp" not in str(e):
                 raise
@@ -315,11 +288,11 @@ class InflationaryFlow(eqx.Module):
 
     def encode_with_info(self, x) -> tuple[jax.Array, SolveInfo]:
         """Like `encode`, also returning the `SolveInfo` of each solve."""
-        return self._run(type(self)._encode_one, x, "x")
+        return self._run(x, "x", True)
 
     def decode_with_info(self, z) -> tuple[jax.Array, SolveInfo]:
         """Like `decode`, also returning the `SolveInfo` of each solve."""
-        return self._run(type(self)._decode_one, z, "z")
+        return self._run(z, "z", False)
 
     def encode(self, x) -> jax.Array:
         """Map data ``x`` ``(..., D)`` to the latent ``z`` ``(..., D)`` (integrate 0 -> T)."""
@@ -332,9 +305,8 @@ class InflationaryFlow(eqx.Module):
     def encode_with_log_det(self, x, key: jax.Array | None = None):
         r"""Latent ``z`` and $\log|\det \partial z/\partial x|$ from one augmented solve.
 
-        The step-size controller also controls the error of the log-determinant, so
-        this solve takes its own (usually finer) steps: its ``z`` agrees with
-        `encode`'s to the solver's accuracy, not bit for bit.
+        The controller also controls the log-determinant's error, so this solve takes its
+        own steps: its ``z`` agrees with `encode`'s to solver accuracy, not bit for bit.
 
         Args:
             x: data ``(..., D)``.
@@ -343,13 +315,12 @@ class InflationaryFlow(eqx.Module):
         Returns:
             ``(z, log_det)`` with shapes ``(..., D)`` and ``(...)``.
         """
-        return self._run(type(self)._encode_one, x, "x", True, key)[0]
+        return self._run(x, "x", True, True, key)[0]
 
     def decode_with_log_det(self, z, key: jax.Array | None = None):
         r"""Data ``x`` and $\log|\det \partial x/\partial z|$ from one augmented solve."""
-        return self._run(type(self)._decode_one, z, "z", True, key)[0]
+        return self._run(z, "z", False, True, key)[0]
 
-    # ------------------------------------------------------------------ densities
     def base_log_prob(self, z) -> jax.Array:
         """Log-density of the latent base ``N(0, diag(base_variance))`` at ``z`` ``(..., D)``."""
         var = self.base_variance
@@ -358,15 +329,13 @@ class InflationaryFlow(eqx.Module):
     def log_prob(self, x, key: jax.Array | None = None) -> jax.Array:
         r"""Log-density $\log q(x)$ of "draw z from the base, decode" at ``x`` ``(..., D)``.
 
-        Exact up to ODE and trace-estimator error for PR-preserving flows. For
-        PR-reducing flows it is the density with the squeezed directions given their
-        tiny base variances $\epsilon_i$ (an $\epsilon$-regularised density
-        concentrated near a ``k``-dimensional set).
+        Exact up to ODE and trace-estimator error for PR-preserving flows; for PR-reducing
+        ones the $\epsilon$-regularised density (squeezed directions with their tiny base
+        variances $\epsilon_i$), concentrated near a ``k``-dimensional set.
         """
         z, ld = self.encode_with_log_det(x, key)
         return self.base_log_prob(z) + ld
 
-    # ------------------------------------------------------------------ latents
     def to_latent(self, x) -> jax.Array:
         """Reduced latent ``(..., k)``: the first ``k`` (kept) coordinates of `encode`."""
         return self.encode(x)[..., : self.latent_dim]
@@ -380,11 +349,10 @@ class InflationaryFlow(eqx.Module):
     def decode_standardized(self, xi, *, reduced: bool = True) -> jax.Array:
         r"""Decode a *standardized* latent $\xi$ (every coordinate ``N(0, 1)`` under the base).
 
-        With ``reduced=True``, ``xi`` is ``(..., k)``: the kept coordinates, decoded with
-        the squeezed ones set to zero (`from_latent`). With ``reduced=False``, ``xi`` is
-        ``(..., D)`` and is scaled by $\sqrt{\text{base variance}}$ first, so that
-        $\xi \sim N(0, I_D)$ decodes to a draw of the flow. Samplers that move in the
-        latent (NumPyro reparameterizers, the Laplace approximation) use this map.
+        With ``reduced=True``, ``xi`` is ``(..., k)``, decoded by `from_latent`. With
+        ``reduced=False``, ``xi`` is ``(..., D)``, scaled by $\sqrt{\text{base variance}}$
+        first, so that $\xi \sim N(0, I_D)$ decodes to a draw of the flow (the map that
+        latent-space samplers use).
         """
         if reduced:
             return self.from_latent(xi)
@@ -402,23 +370,14 @@ class InflationaryFlow(eqx.Module):
 
 
 @eqx.filter_jit
-def _batched(fn, flow, a):
+def _batched(flow, a, probes, encode):
     flat = a.reshape(-1, flow.dim)
-    out, info = jax.vmap(lambda p: fn(flow, p))(flat)
-    info = jax.tree.map(lambda i: i.reshape(a.shape[:-1]), info)
-    return out.reshape(a.shape), info
-
-
-@eqx.filter_jit
-def _batched_logdet(fn, flow, a, probes):
-    flat = a.reshape(-1, flow.dim)
-    if probes is None:
-        out, ld, info = jax.vmap(lambda p: fn(flow, p, "exact"))(flat)
-    else:
-        pr = probes.reshape(-1, *probes.shape[-2:])
-        out, ld, info = jax.vmap(lambda p, e: fn(flow, p, e))(flat, pr)
-    info = jax.tree.map(lambda i: i.reshape(a.shape[:-1]), info)
-    return out.reshape(a.shape), ld.reshape(a.shape[:-1]), info
+    if probes is None or isinstance(probes, str):
+        out = jax.vmap(lambda p: flow._one(p, probes, encode))(flat)
+    else:  # Hutchinson probes (..., P, D), one set per point
+        per_point = probes.reshape(-1, *probes.shape[-2:])
+        out = jax.vmap(lambda p, e: flow._one(p, e, encode))(flat, per_point)
+    return jax.tree.map(lambda o: o.reshape(*a.shape[:-1], *o.shape[1:]), out)
 
 
 # ---------------------------------------------------------------------- settings vocabulary
@@ -460,8 +419,8 @@ def _option(obj, key):
 
 
 def _encode(obj, key: str, classes: tuple) -> dict:
-    names = [c.__name__ for c in classes]
     if type(obj) not in classes:
+        names = [c.__name__ for c in classes]
         raise ValueError(
             f"{key}: expected one of {names} to save the flow; got {type(obj).__name__}"
         )

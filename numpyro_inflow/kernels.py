@@ -1,8 +1,7 @@
 """Langevin MCMC kernels (MALA and ULA) built on NumPyro's `HMC`.
 
-One Langevin step is one leapfrog step (see `MALA` for the step-size mapping), so both
-kernels reuse NumPyro's initialisation, warm-up (`hmc_util.warmup_adapter`) and
-divergence rule ($\\Delta H > 1000$ or not finite).
+One Langevin step is one leapfrog step (see `MALA`), so both kernels reuse NumPyro's
+initialisation, warm-up (`hmc_util.warmup_adapter`) and divergence rule.
 """
 
 from __future__ import annotations
@@ -26,10 +25,8 @@ __all__ = ["MALA", "ULA", "LangevinState"]
 class LangevinState(HMCState):
     """State of a `MALA` or `ULA` chain: a NumPyro `HMCState` with two read-only views.
 
-    ``adapt_state.step_size`` holds the Langevin time step $h$, not the leapfrog step
-    $\\sqrt{2h}$ (the dual-averaging state ``adapt_state.ss_state`` is on the leapfrog
-    scale for `MALA`, on $h$ for `ULA`). For `ULA`, ``accept_prob`` is the probability
-    MALA would have used for the move.
+    ``adapt_state.ss_state`` is on the leapfrog scale $\\sqrt{2h}$ for `MALA`, on $h$ for
+    `ULA`, whose ``accept_prob`` is the probability MALA would have used.
 
     Attributes:
         step_size: the Langevin time step $h$ (``adapt_state.step_size``).
@@ -77,16 +74,16 @@ class _Langevin(HMC):
             step_size: initial (or, without adaptation, fixed) Langevin time step $h$.
             adapt_step_size: tune ``step_size`` during warm-up.
             adapt_mass_matrix: learn a diagonal inverse mass matrix during warm-up.
-            inverse_mass_matrix: initial diagonal of $M^{-1}$ (a scalar or a flat vector
-                in the order of ``ravel_pytree(z)``); default ones.
-            target_accept_prob: (MALA) acceptance rate targeted by dual averaging;
-                default 0.574 for `MALA`, 0.9 for `ULA`.
+            inverse_mass_matrix: initial diagonal of $M^{-1}$, a scalar or a vector in
+                the order of ``ravel_pytree(z)`` (default ones).
+            target_accept_prob: acceptance rate targeted by dual averaging (default
+                0.574 for `MALA`, 0.9 for `ULA`).
             init_strategy: NumPyro initialisation strategy for models.
             forward_mode_differentiation: compute gradients with forward-mode autodiff.
 
         Raises:
-            ValueError: if both or neither of ``model``/``potential_fn`` are given, or a
-                number is out of range.
+            ValueError: for both or neither of ``model``/``potential_fn``, or a number out
+                of range.
         """
         if (model is None) == (potential_fn is None):
             got = "both" if model is not None else "neither"
@@ -115,9 +112,8 @@ class _Langevin(HMC):
         self._h, self._diagonal = h, m
 
     def get_diagnostics_str(self, state):
-        return (
-            f"step size {float(state.step_size):.2e}. acc. prob={float(state.mean_accept_prob):.2f}"
-        )
+        h, accept = float(state.step_size), float(state.mean_accept_prob)
+        return f"step size {h:.2e}. acc. prob={accept:.2f}"
 
     def init(self, rng_key, num_warmup, init_params=None, model_args=(), model_kwargs=None):
         if self._potential_fn is not None and init_params is None:
@@ -144,17 +140,13 @@ class MALA(_Langevin):
     step of size $\\epsilon$ from momentum $r \\sim \\mathcal N(0, M)$ is the same move,
     $x' = x - \\tfrac{\\epsilon^2}{2} M^{-1} \\nabla U(x) + \\epsilon M^{-1} r$, so
     $h = \\epsilon^2/2$, and its acceptance $\\min(1, e^{-\\Delta H})$ is MALA's
-    Metropolis-Hastings ratio (Neal 2011, section 5.2). ``step_size`` is $h$; HMC runs
-    with $\\epsilon = \\sqrt{2h}$, and the state, the extra fields ``step_size`` and
-    ``adapt_state.step_size`` and ArviZ's ``step_size`` all report $h$. Warm-up is
-    NumPyro's: dual averaging towards ``target_accept_prob`` (default 0.574, optimal for
-    MALA, Roberts & Rosenthal 1998) and a diagonal mass matrix from Stan's windows. As
-    an `HMC`, the kernel composes wherever HMC does (e.g. `HMCGibbs`).
+    Metropolis-Hastings ratio (Neal 2011, section 5.2). ``step_size``, the state and the
+    extra field ``step_size`` are $h$. Warm-up is NumPyro's: dual averaging towards
+    ``target_accept_prob`` (default 0.574, Roberts & Rosenthal 1998), Stan's windows.
 
     Examples:
-        >>> import jax, numpyro, numpyro.distributions as dist
+        >>> import jax, numpyro, numpyro.distributions as dist, numpyro_inflow as nif
         >>> from numpyro.infer import MCMC
-        >>> import numpyro_inflow as nif
         >>> def model():
         ...     numpyro.sample("x", dist.Normal(1.0, 2.0))
         >>> mcmc = MCMC(nif.MALA(model), num_warmup=200, num_samples=200, progress_bar=False)
@@ -180,16 +172,13 @@ class MALA(_Langevin):
 class ULA(_Langevin):
     """Unadjusted Langevin algorithm: `MALA`'s step, always taken.
 
-    The chain targets a biased approximation of the posterior, with an $O(h)$ bias (for
-    $\\mathcal N(0, \\sigma^2)$ without preconditioning the stationary variance is
-    $\\sigma^2/(1 - h/(2\\sigma^2))$). Only a proposal of non-finite energy (a failed
-    solve inside the model gives $U = +\\infty$ or NaN) is refused; it is flagged
-    ``diverging``, as is any with $\\Delta H > 1000$. During warm-up, dual averaging
-    tunes $h$ so that the acceptance probability MALA *would* assign to the moves
-    averages ``target_accept_prob`` (default 0.9, higher than MALA's because no move is
-    corrected): that probability measures the local discretisation error, so the target
-    controls the bias; set ``adapt_step_size=False`` and a small ``step_size`` for a
-    fixed, known bias. Arguments as for `MALA`; the state is a `LangevinState`.
+    The chain has an $O(h)$ bias (for $\\mathcal N(0, \\sigma^2)$ without preconditioning
+    the stationary variance is $\\sigma^2/(1 - h/(2\\sigma^2))$). Only a proposal of
+    non-finite energy (a failed solve in the model) is refused, flagged ``diverging`` as
+    is any with $\\Delta H > 1000$. Warm-up tunes $h$ so that MALA's acceptance
+    probability of the moves, a measure of the discretisation error, averages
+    ``target_accept_prob`` (default 0.9); ``adapt_step_size=False`` and a small
+    ``step_size`` fix the bias. Arguments as for `MALA`; the state is a `LangevinState`.
     """
 
     _default_target = 0.9

@@ -4,19 +4,12 @@ Both map a preconditioned input ``x`` ``(..., D)`` and a noise label ``c_noise``
 to an output ``(..., D)`` (the $F_\theta$ of the EDM-style preconditioning in
 `numpyro_inflow.denoiser`).
 
-Why flax *linen* (and not nnx): a linen module is an immutable, hashable dataclass
-that only *describes* the computation, while its weights live in a separate plain
-pytree (``params``). That split is exactly what an equinox module wants: the
-`LearnedDenoiser` keeps the module as a static field
-and the weights as array leaves, so the trained score is an ordinary traced pytree
-(``jit``/``vmap``/``grad`` work on it, ``eqx.tree_serialise_leaves`` saves it) and the
-module's hyperparameters are its JSON configuration. nnx objects carry mutable state
-in the object itself and would need ``nnx.split``/``merge`` at every boundary.
+Flax *linen* because a linen module is an immutable, hashable description whose weights
+live in a separate pytree: `LearnedDenoiser` keeps the module as a static field and the
+weights as array leaves, and the module's hyperparameters are its JSON configuration.
 
-Time embedding: ``c_noise`` is an affine function of ``t`` in ``[0, 1]`` (see
-`numpyro_inflow.denoiser.preconditioning`). It is embedded with sines and
-cosines at fixed, geometrically spaced frequencies $1 \dots f_{\max}$, so the
-embedding is a deterministic function of the configuration (no random buffers).
+Time embedding: ``c_noise`` in ``[0, 1]`` (`numpyro_inflow.denoiser.preconditioning`)
+is embedded with sines and cosines at fixed, geometric frequencies $1 \dots f_{\max}$.
 """
 
 from __future__ import annotations
@@ -36,12 +29,14 @@ def fourier_embedding(c: jax.Array, num_frequencies: int, max_frequency: float) 
     Features are $[c, \sin(2\pi f_k c), \cos(2\pi f_k c)]$ with ``F`` frequencies
     $f_k$ spaced geometrically from 1 to ``max_frequency``.
     """
-    if num_frequencies == 1:
-        freqs = jnp.ones((1,), c.dtype)
-    else:
-        freqs = jnp.exp(jnp.linspace(0.0, math.log(max_frequency), num_frequencies)).astype(c.dtype)
+    freqs = jnp.exp(jnp.linspace(0.0, math.log(max_frequency), num_frequencies)).astype(c.dtype)
     ang = 2 * jnp.pi * c[..., None] * freqs
     return jnp.concatenate([c[..., None], jnp.sin(ang), jnp.cos(ang)], axis=-1)
+
+
+def _dtypes(dtype: str) -> dict:
+    dt = jnp.dtype(dtype)
+    return dict(dtype=dt, param_dtype=dt)
 
 
 def _out_init(scale: float):
@@ -55,10 +50,8 @@ class MLP(nn.Module):
 
     ``x -> Dense(width)``, then ``depth`` residual blocks
     ``h += Dense(SiLU(Dense(SiLU(LN(h))) + Dense(emb)))`` and a final ``Dense(dim)``.
-    The time embedding enters every block, so the net can change its behaviour with
-    the noise level at every depth. The output layer is zero-initialised by default
-    (``output_scale=0``): the untrained denoiser is then the linear Wiener filter
-    ``c_skip * w``, the exact answer for Gaussian data.
+    The output layer is zero-initialised by default (``output_scale=0``), so the
+    untrained denoiser is the Wiener filter ``c_skip * w``, exact for Gaussian data.
 
     Attributes:
         dim: input/output dimension ``D``.
@@ -80,19 +73,17 @@ class MLP(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, c_noise: jax.Array) -> jax.Array:
-        dt = jnp.dtype(self.dtype)
-        dense = lambda n, **kw: nn.Dense(n, dtype=dt, param_dtype=dt, **kw)  # noqa: E731
-        c = jnp.broadcast_to(c_noise, x.shape[:-1]).astype(dt)
+        kw = _dtypes(self.dtype)
+        dense = lambda n: nn.Dense(n, **kw)  # noqa: E731
+        c = jnp.broadcast_to(c_noise, x.shape[:-1]).astype(kw["dtype"])
         emb = fourier_embedding(c, self.num_frequencies, self.max_frequency)
         emb = nn.silu(dense(self.width)(emb))
-        h = dense(self.width)(x.astype(dt))
+        h = dense(self.width)(x.astype(kw["dtype"]))
         for _ in range(self.depth):
-            r = nn.silu(nn.LayerNorm(dtype=dt, param_dtype=dt)(h))
-            r = dense(self.width)(r) + dense(self.width)(emb)
-            r = dense(self.width)(nn.silu(r))
-            h = h + r
-        h = nn.silu(nn.LayerNorm(dtype=dt, param_dtype=dt)(h))
-        return dense(self.dim, kernel_init=_out_init(self.output_scale))(h)
+            r = dense(self.width)(nn.silu(nn.LayerNorm(**kw)(h))) + dense(self.width)(emb)
+            h = h + dense(self.width)(nn.silu(r))
+        h = nn.silu(nn.LayerNorm(**kw)(h))
+        return nn.Dense(self.dim, kernel_init=_out_init(self.output_scale), **kw)(h)
 
 
 class _ResBlock(nn.Module):
@@ -101,16 +92,13 @@ class _ResBlock(nn.Module):
 
     @nn.compact
     def __call__(self, h, emb):
-        dt = jnp.dtype(self.dtype)
-        groups = math.gcd(8, self.channels)
-        g_in = math.gcd(8, h.shape[-1])
-        r = nn.silu(nn.GroupNorm(num_groups=g_in, dtype=dt, param_dtype=dt)(h))
-        r = nn.Conv(self.channels, (3, 3), dtype=dt, param_dtype=dt)(r)
-        r = r + nn.Dense(self.channels, dtype=dt, param_dtype=dt)(emb)[..., None, None, :]
-        r = nn.silu(nn.GroupNorm(num_groups=groups, dtype=dt, param_dtype=dt)(r))
-        r = nn.Conv(self.channels, (3, 3), dtype=dt, param_dtype=dt)(r)
+        kw = _dtypes(self.dtype)
+        norm = lambda a: nn.silu(nn.GroupNorm(math.gcd(8, a.shape[-1]), **kw)(a))  # noqa: E731
+        r = nn.Conv(self.channels, (3, 3), **kw)(norm(h))
+        r = r + nn.Dense(self.channels, **kw)(emb)[..., None, None, :]
+        r = nn.Conv(self.channels, (3, 3), **kw)(norm(r))
         if h.shape[-1] != self.channels:
-            h = nn.Conv(self.channels, (1, 1), dtype=dt, param_dtype=dt)(h)
+            h = nn.Conv(self.channels, (1, 1), **kw)(h)
         return h + r
 
 
@@ -118,11 +106,9 @@ class UNet(nn.Module):
     """Small convolutional U-Net for images flattened to vectors (e.g. 8x8 digits).
 
     The input ``(..., H*W*C)`` is reshaped to ``(..., H, W, C)`` (row-major, channels
-    last), passed through one residual block per resolution on the way down (2x2
-    average pooling between resolutions) and up (nearest-neighbour upsampling,
-    concatenated skip connections), and flattened back. Each block receives the time
-    embedding. Use it with ``space="data"`` in the denoiser so the convolutions see
-    pixels rather than eigen coordinates.
+    last), passed through one time-conditioned residual block per resolution down (2x2
+    average pooling) and up (nearest-neighbour upsampling, concatenated skips), and
+    flattened back. Use it with ``space="data"`` so the convolutions see pixels.
 
     Attributes:
         image_shape: ``(H, W, C)``; ``H`` and ``W`` divisible by ``2**(len(channels)-1)``.
@@ -143,19 +129,18 @@ class UNet(nn.Module):
 
     @property
     def dim(self) -> int:
-        h, w, c = self.image_shape
-        return h * w * c
+        return math.prod(self.image_shape)
 
     @nn.compact
     def __call__(self, x: jax.Array, c_noise: jax.Array) -> jax.Array:
-        dt = jnp.dtype(self.dtype)
+        kw = _dtypes(self.dtype)
         batch = x.shape[:-1]
-        h = x.reshape(-1, *self.image_shape).astype(dt)
-        c = jnp.broadcast_to(c_noise, batch).astype(dt).reshape(-1)
+        h = x.reshape(-1, *self.image_shape).astype(kw["dtype"])
+        c = jnp.broadcast_to(c_noise, batch).astype(kw["dtype"]).reshape(-1)
         emb = fourier_embedding(c, self.num_frequencies, self.max_frequency)
-        emb = nn.silu(nn.Dense(self.embed_width, dtype=dt, param_dtype=dt)(emb))
-        emb = nn.silu(nn.Dense(self.embed_width, dtype=dt, param_dtype=dt)(emb))
-        h = nn.Conv(self.channels[0], (3, 3), dtype=dt, param_dtype=dt)(h)
+        for _ in range(2):
+            emb = nn.silu(nn.Dense(self.embed_width, **kw)(emb))
+        h = nn.Conv(self.channels[0], (3, 3), **kw)(h)
         skips = []
         for i, ch in enumerate(self.channels):
             h = _ResBlock(ch, self.dtype)(h, emb)
@@ -164,19 +149,12 @@ class UNet(nn.Module):
                 h = nn.avg_pool(h, (2, 2), strides=(2, 2))
         for i, ch in reversed(list(enumerate(self.channels))):
             if i < len(self.channels) - 1:
-                n, hh, ww, cc = h.shape
-                h = jax.image.resize(h, (n, 2 * hh, 2 * ww, cc), "nearest")
+                h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)  # nearest upsampling
             h = jnp.concatenate([h, skips[i]], axis=-1)
             h = _ResBlock(ch, self.dtype)(h, emb)
-        groups = math.gcd(8, self.channels[0])
-        h = nn.silu(nn.GroupNorm(num_groups=groups, dtype=dt, param_dtype=dt)(h))
-        h = nn.Conv(
-            self.image_shape[-1],
-            (3, 3),
-            dtype=dt,
-            param_dtype=dt,
-            kernel_init=_out_init(self.output_scale),
-        )(h)
+        h = nn.silu(nn.GroupNorm(math.gcd(8, self.channels[0]), **kw)(h))
+        out_init = _out_init(self.output_scale)
+        h = nn.Conv(self.image_shape[-1], (3, 3), kernel_init=out_init, **kw)(h)
         return h.reshape(*batch, self.dim)
 
 
@@ -189,8 +167,7 @@ def build_network(architecture: str, dim: int, **hyperparameters) -> nn.Module:
     Args:
         architecture: a key of `NETWORKS`.
         dim: data dimension ``D``; for ``"unet"`` it must equal ``H * W * C``
-            (``image_shape`` defaults to a square single-channel image of side
-            ``sqrt(D)``).
+            (``image_shape`` defaults to a square single-channel image).
         **hyperparameters: the module's attributes.
 
     Returns:

@@ -2,22 +2,14 @@ r"""Inflationary flows as NumPyro objects, composed from NumPyro's own classes.
 
 * `InflationaryFlowTransform` (latent $z \to$ data $x$) and `ReducedLatentTransform`
   ($R^k \to R^D$ for PR-reducing flows): NumPyro ``Transform`` objects.
-* `InflationaryFlowDistribution`: the ``TransformedDistribution`` of the base
+* `InflationaryFlowDistribution`: the ``TransformedDistribution`` of
   $N(0, \operatorname{diag}(\text{base variance}))$ under `InflationaryFlowTransform`,
-  whose `log_prob` is one augmented encode solve (the instantaneous change of variables
-  of de Albuquerque & Pearson 2024). ``numpyro.sample("x", InflationaryFlowDistribution(flow))``
-  needs no handler; NUTS then moves in data space.
-* `LatentReparam`: NumPyro's ``TransformReparam`` from the standardized latent, so that
-  NUTS samples the latent and ``x`` is decoded by one plain solve per evaluation (no
-  density, no Jacobian, a far better conditioned posterior): the fast path.
+  whose `log_prob` is one augmented encode solve (de Albuquerque & Pearson 2024).
+* `LatentReparam`: NumPyro's ``TransformReparam`` from the standardized latent (the fast
+  path: NUTS samples the latent, ``x`` is one plain decode).
 
-Failed ODE solves never crash a NumPyro run: the distribution rebuilds the flow with
-``throw=False``, a failed solve gives log-density $-\infty$ (the reparameterizer adds a
-factor of $-\infty$, `reject_failed_solves`) and the proposal is rejected like a
-divergence; `SolveFailureCounter` counts them. Forward-mode differentiation
-(``NUTS(..., forward_mode_differentiation=True)``) needs a flow built with
-``adjoint=diffrax.ForwardMode()``; with the default adjoint the flow raises a
-``TypeError`` that says so.
+A failed ODE solve gives log-density $-\infty$, rejected like a divergence and counted by
+`SolveFailureCounter`. Forward-mode differentiation needs ``adjoint=diffrax.ForwardMode()``.
 """
 
 from __future__ import annotations
@@ -47,7 +39,6 @@ __all__ = [
 ]
 
 
-# ---------------------------------------------------------------------- failed solves
 _ACTIVE_COUNTERS: list[SolveFailureCounter] = []
 _LOCK = threading.Lock()
 
@@ -60,9 +51,8 @@ def _host_record(n_failed) -> None:
 
 
 def _succeeded(a: jax.Array, event_ndim: int) -> jax.Array:
-    # True where `a` is finite over its last event_ndim axes; the others are counted by a
-    # host callback that runs only when something failed (under vmap the cond becomes a
-    # select and it runs for every batch element, reporting 0 or more).
+    # True where `a` is finite over its last event_ndim axes; a host callback counts the
+    # others only when something failed (under vmap it runs for every element, maybe with 0)
     ok = jnp.all(jnp.isfinite(a), axis=tuple(range(a.ndim - event_ndim, a.ndim)))
     n = jnp.sum(~ok, dtype=jnp.int32)
     jax.lax.cond(n > 0, lambda: jax.debug.callback(_host_record, n), lambda: None)
@@ -72,14 +62,10 @@ def _succeeded(a: jax.Array, event_ndim: int) -> jax.Array:
 class SolveFailureCounter:
     """Context manager counting failed ODE solves inside the NumPyro objects of this module.
 
-    Every sample, log-density or decode of an `InflationaryFlowDistribution` or a
-    `LatentReparam` site whose solve fails (step limit reached, non-finite state) adds
-    one per failed point while a counter is active: how many of a run's divergences came
-    from the ODE solver. Works under ``jit``, ``vmap`` and ``grad`` (a host callback
-    that runs only when a solve failed).
-
-    Attributes:
-        count: failed solves seen so far (read it after the run).
+    Each failed point of a sample, log-density or decode of an
+    `InflationaryFlowDistribution` or `LatentReparam` site adds one while the counter is
+    active, also under ``jit``, ``vmap`` and ``grad`` (a host callback). Read `count`
+    after the run.
 
     Examples:
         >>> import numpyro_inflow as nif
@@ -120,9 +106,8 @@ class SolveFailureCounter:
 def reject_failed_solves(name: str, x) -> jax.Array:
     r"""Inside a NumPyro model, reject every trace in which decoding ``x`` failed.
 
-    Adds the factor ``"<name>_solve_failed"``, $0$ for each finite point of ``x`` and
-    $-\infty$ for each point with a NaN (a failed solve of a ``throw=False`` flow),
-    which NUTS treats as a divergence; `SolveFailureCounter` counts the failed points.
+    Adds the factor ``"<name>_solve_failed"``: $0$ per finite point of ``x``, $-\infty$ per
+    point with a NaN (a failed solve of a ``throw=False`` flow), a divergence for NUTS.
 
     Args:
         name: the site name the factor is named after.
@@ -139,32 +124,31 @@ def reject_failed_solves(name: str, x) -> jax.Array:
         >>> tr["x_solve_failed"]["fn"].log_factor.tolist()
         [0.0, -inf]
     """
-    ok = _succeeded(x, 1)
-    numpyro.factor(f"{name}_solve_failed", jnp.where(ok, 0.0, -jnp.inf))
+    numpyro.factor(f"{name}_solve_failed", jnp.where(_succeeded(x, 1), 0.0, -jnp.inf))
     return x
 
 
-# ---------------------------------------------------------------------- transforms
 def _flow_arg(flow) -> InflationaryFlow:
     if not isinstance(flow, InflationaryFlow):
         raise ValueError(f"flow: expected an InflationaryFlow; got {type(flow).__name__}")
     return flow
 
 
-def _check_last(shape, name: str, dim: int) -> None:
+def _last_axis(shape, name: str, dim: int, new_dim: int | None = None) -> tuple:
+    # ``shape`` with its last axis ``dim`` replaced by ``new_dim`` (default: kept)
     if len(shape) == 0 or shape[-1] != dim:
         raise ValueError(
             f"{name}: expected a shape ending in {dim} (..., {dim}); got shape {tuple(shape)}"
         )
+    return (*tuple(shape)[:-1], dim if new_dim is None else new_dim)
 
 
 class _FlowTransform(Transform):
-    # The flow is kept split in two: its arrays (pytree leaves, traced under jit/vmap/grad)
-    # and everything else (hashable static aux data), so a jitted function taking or
-    # returning the transform never retraces for new weights.
+    # the flow's arrays are pytree leaves, the rest static aux data: jit never retraces
     domain = constraints.real_vector
     codomain = constraints.real_vector
     _trace_key: jax.Array | None = None
+    _in_dim = "dim"  # the flow attribute giving the input dimension
 
     def __init__(self, flow: InflationaryFlow):
         self._params, self._static = eqx.partition(_flow_arg(flow), eqx.is_array)
@@ -181,42 +165,37 @@ class _FlowTransform(Transform):
     def eq(self, other, static: bool = False):
         if type(other) is not type(self) or self._static != other._static:
             return False
-        mine, theirs = (self._params, self._trace_key), (other._params, other._trace_key)
-        if jax.tree.structure(mine) != jax.tree.structure(theirs):
-            return False
-        pairs = list(zip(jax.tree.leaves(mine), jax.tree.leaves(theirs), strict=True))
-        if static:
-            return all(a is b for a, b in pairs)
-        return jnp.all(jnp.stack([jnp.array_equal(a, b) for a, b in pairs])) if pairs else True
+        mine, theirs = self.tree_flatten()[0], other.tree_flatten()[0]
+        if static:  # the same leaf objects, decided without comparing values
+            mine, theirs = jax.tree.map(id, mine), jax.tree.map(id, theirs)
+        return eqx.tree_equal(mine, theirs)
+
+    def forward_shape(self, shape) -> tuple:
+        return _last_axis(shape, "shape", getattr(self.flow, self._in_dim), self.flow.dim)
+
+    def inverse_shape(self, shape) -> tuple:
+        return _last_axis(shape, "shape", self.flow.dim, getattr(self.flow, self._in_dim))
 
 
 class InflationaryFlowTransform(_FlowTransform):
     r"""The flow's decoder as a NumPyro bijection: latent $z \in R^D$ -> data $x$.
 
-    ``__call__`` decodes (integrates the pfODE ``T -> 0``), ``inv`` encodes.
-    `call_with_intermediates` also returns $\log|\det\partial x/\partial z|$ from the
-    same augmented solve, which `log_abs_det_jacobian` reuses; without it the log-det
-    comes from one augmented encode solve of ``y``. For a PR-reducing flow this is the
-    map of the full ``D``-dimensional latent (squeezed base variances $\epsilon_i$,
-    the $\epsilon$-regularised density); `ReducedLatentTransform` is the
-    ``k``-dimensional one.
-
-    A pytree: the flow's arrays are leaves, the rest static aux data, so it can be
-    passed to and returned from jitted functions without retracing. Failed solves raise
-    or give NaN according to ``flow.throw``.
+    ``__call__`` decodes (integrates the pfODE ``T -> 0``), ``inv`` encodes;
+    `call_with_intermediates` also returns $\log|\det\partial x/\partial z|$ from the same
+    augmented solve, for `log_abs_det_jacobian`. For a PR-reducing flow this is the full
+    ``D``-dimensional map (`ReducedLatentTransform` is the ``k``-dimensional one). A pytree
+    whose leaves are the flow's arrays; failed solves raise or give NaN per ``flow.throw``.
 
     Args:
         flow: an `InflationaryFlow`.
         trace_key: a fixed PRNG key for the Hutchinson probes of the log-det, needed
-            only when the flow estimates the divergence stochastically
-            (``flow.needs_trace_key``).
+            only when ``flow.needs_trace_key``.
 
     Raises:
         ValueError: if ``flow`` is not an ``InflationaryFlow``.
 
     Examples:
-        >>> import jax.numpy as jnp, numpyro.distributions as dist
-        >>> import numpyro_inflow as nif
+        >>> import jax.numpy as jnp, numpyro.distributions as dist, numpyro_inflow as nif
         >>> gm = nif.GaussianMixtureScore(jnp.ones(1), jnp.zeros((1, 2)), jnp.eye(2)[None])
         >>> flow = nif.InflationaryFlow(nif.InflationSchedule.from_moments(*gm.moments()), gm)
         >>> t = nif.InflationaryFlowTransform(flow)
@@ -245,40 +224,29 @@ class InflationaryFlowTransform(_FlowTransform):
         return self.flow.decode_with_log_det(x, self._trace_key)
 
     def log_abs_det_jacobian(self, x, y, intermediates=None) -> jax.Array:
-        r"""$\log|\det \partial y/\partial x|$ ``(...)`` for latents ``x`` and points ``y``
-        ``(..., D)``: ``intermediates`` (from `call_with_intermediates`) or one encode solve."""
+        r"""$\log|\det \partial y/\partial x|$ ``(...)``: ``intermediates`` or one encode solve."""
         if intermediates is not None:
             return intermediates
         return -self.flow.encode_with_log_det(y, self._trace_key)[1]
-
-    def forward_shape(self, shape) -> tuple:
-        _check_last(shape, "shape", self.flow.dim)
-        return tuple(shape)
-
-    def inverse_shape(self, shape) -> tuple:
-        _check_last(shape, "shape", self.flow.dim)
-        return tuple(shape)
 
 
 class ReducedLatentTransform(_FlowTransform):
     r"""The decoder of a PR-reducing flow from its reduced latent: $R^k \to R^D$.
 
-    ``__call__`` decodes ``z_k`` with the squeezed latent coordinates set to zero
-    (`from_latent`); its image is a ``k``-dimensional surface in data space.
-    ``_inverse`` is the left inverse `to_latent` (encode, keep the first ``k``
-    coordinates): exact on the surface, a projection off it.
-
-    It is **not a bijection** of $R^D$: it has no Jacobian determinant
-    (`log_abs_det_jacobian` raises) and a distribution built from it is singular. Use it
-    to push latent samples forward, as `LatentReparam` does.
+    ``__call__`` decodes ``z_k`` with the squeezed coordinates at zero (`from_latent`),
+    onto a ``k``-dimensional surface; ``_inverse`` is its left inverse `to_latent`
+    (exact on the surface, a projection off it). It is **not a bijection** of $R^D$
+    (`log_abs_det_jacobian` raises): use it to push latent samples forward, as
+    `LatentReparam` does.
 
     Args:
-        flow: an `InflationaryFlow` (PR-reducing or not; for a PR-preserving flow
-            ``k = D`` and this equals the full decoder).
+        flow: an `InflationaryFlow` (if PR-preserving, ``k = D``: the full decoder).
 
     Raises:
         ValueError: if ``flow`` is not an ``InflationaryFlow``.
     """
+
+    _in_dim = "latent_dim"
 
     def __call__(self, x) -> jax.Array:
         return self.flow.from_latent(x)
@@ -288,64 +256,42 @@ class ReducedLatentTransform(_FlowTransform):
 
     def log_abs_det_jacobian(self, x, y, intermediates=None):
         raise ValueError(
-            "ReducedLatentTransform: expected a bijection to take a Jacobian determinant; "
-            f"got a map from R^{self.flow.latent_dim} to R^{self.flow.dim} (PR-reducing). "
-            "Use LatentReparam to sample in the reduced latent, or InflationaryFlowTransform "
-            "for the epsilon-regularised full-dimensional density."
+            "ReducedLatentTransform: expected a bijection to take a Jacobian determinant; got "
+            f"a map R^{self.flow.latent_dim} -> R^{self.flow.dim}. Sample with LatentReparam, or "
+            "use InflationaryFlowTransform for the epsilon-regularised density."
         )
 
-    def forward_shape(self, shape) -> tuple:
-        _check_last(shape, "shape", self.flow.latent_dim)
-        return (*tuple(shape)[:-1], self.flow.dim)
 
-    def inverse_shape(self, shape) -> tuple:
-        _check_last(shape, "shape", self.flow.dim)
-        return (*tuple(shape)[:-1], self.flow.latent_dim)
-
-
-# ---------------------------------------------------------------------- the distribution
 class InflationaryFlowDistribution(dist.TransformedDistribution):
     r"""The distribution of "draw the latent from the base, decode": a prior over data.
 
-    NumPyro's ``TransformedDistribution`` of ``base_dist``
-    $N(0, \operatorname{diag}(\text{base variance}))$ under ``transforms[0]``, an
-    `InflationaryFlowTransform`. ``sample_with_intermediates`` (what ``numpyro.sample``
-    calls) keeps the log-det of the sampling solve for ``log_prob(x, intermediates)``;
-    otherwise ``log_prob`` is $\log N(z) + \log|\det\partial z/\partial x|$ from ONE
-    augmented encode solve (the generic version solves twice: inverse, then log-det).
-    The event shape is ``(D,)``, the batch shape ``()``; ``expand`` and plates batch it.
-    As a plain site NUTS works in data space with this density (support
-    ``real_vector``): correct, but slower than `LatentReparam`.
-
-    With ``robust=True`` the flow is rebuilt with ``throw=False``: a failed solve gives
-    ``log_prob = -inf`` (a NaN sample), counted by `SolveFailureCounter`. With
-    validation (NumPyro's default) an out-of-support value (NaN or infinite) warns,
-    also under ``jit`` when the value is concrete, and has log-density $-\infty$.
-
-    A PR-reducing flow's density concentrates on a ``k``-dimensional set with widths
-    $\sqrt{\epsilon_i}$, which samplers in data space cannot explore: ``log_prob``
-    raises unless ``regularized_density=True`` (use ``LatentReparam``). Sampling always
-    works.
+    NumPyro's ``TransformedDistribution`` of $N(0, \operatorname{diag}(\text{base variance}))$
+    under an `InflationaryFlowTransform`; event shape ``(D,)``, support ``real_vector``.
+    ``sample_with_intermediates`` (what ``numpyro.sample`` calls) keeps the sampling
+    solve's log-det for ``log_prob(x, intermediates)``; otherwise ``log_prob`` is
+    $\log N(z) + \log|\det\partial z/\partial x|$ from one augmented encode solve. With
+    validation an out-of-support value warns (also under ``jit``) and gets $-\infty$.
+    A PR-reducing flow's density concentrates on a ``k``-dimensional set of widths
+    $\sqrt{\epsilon_i}$ that data-space samplers cannot explore: ``log_prob`` raises
+    unless ``regularized_density=True`` (use `LatentReparam`); sampling always works.
 
     Args:
         flow: an `InflationaryFlow` of dimension ``D``.
-        robust: rebuild the flow with ``throw=False`` (see above).
+        robust: rebuild the flow with ``throw=False``: a failed solve gives
+            ``log_prob = -inf`` (a NaN sample), counted by `SolveFailureCounter`.
         regularized_density: allow ``log_prob`` for PR-reducing flows (the
             $\epsilon$-regularised density).
         trace_key: a fixed PRNG key for the Hutchinson probes when
-            ``flow.needs_trace_key`` (``trace="hutchinson"``, or ``"auto"`` with
-            ``D > 16``): the same probes at every evaluation, a smooth but randomly
-            perturbed density (prefer ``LatentReparam``).
+            ``flow.needs_trace_key``: the same probes at every evaluation, a smooth but
+            randomly perturbed density (prefer `LatentReparam`).
         validate_args: NumPyro's argument/sample validation flag.
 
     Raises:
         ValueError: for a non-flow argument; from ``log_prob``, for a stochastic-trace
-            flow without ``trace_key`` or a PR-reducing flow without
-            ``regularized_density=True``.
+            flow without ``trace_key`` or a PR-reducing one without ``regularized_density``.
 
     Examples:
-        >>> import jax, jax.numpy as jnp
-        >>> import numpyro_inflow as nif
+        >>> import jax, jax.numpy as jnp, numpyro_inflow as nif
         >>> gm = nif.GaussianMixtureScore(jnp.ones(1), jnp.zeros((1, 2)), jnp.eye(2)[None])
         >>> flow = nif.InflationaryFlow(nif.InflationSchedule.from_moments(*gm.moments()), gm)
         >>> prior = nif.InflationaryFlowDistribution(flow)
@@ -353,7 +299,7 @@ class InflationaryFlowDistribution(dist.TransformedDistribution):
         (3, 2)
     """
 
-    pytree_aux_fields = ("_regularized", "_robust")
+    pytree_aux_fields = ("_regularized", "robust")
 
     def __init__(
         self,
@@ -366,24 +312,19 @@ class InflationaryFlowDistribution(dist.TransformedDistribution):
     ):
         flow = _flow_arg(flow)
         flow = flow.replace(throw=False) if robust and flow.throw else flow
-        self._regularized, self._robust = bool(regularized_density), bool(robust)
+        self._regularized, self.robust = bool(regularized_density), bool(robust)
         base = dist.Normal(jnp.zeros((), flow.dtype), jnp.sqrt(flow.base_variance))
         transform = InflationaryFlowTransform(flow, trace_key=trace_key)
         super().__init__(base.to_event(1), transform, validate_args=validate_args)
 
-    # A class-level event_dim of 1 tells NumPyro's class-level checks (infer_shapes)
-    # that the event is a vector; the instance's support is real_vector.
+    # event_dim=1 tells NumPyro's class-level checks (infer_shapes) the event is a vector
     @constraints.dependent_property(is_discrete=False, event_dim=1)
     def support(self):
         return constraints.real_vector
 
     @classmethod
     def infer_shapes(cls, flow=None, **kwargs) -> tuple[tuple, tuple]:
-        """``(batch_shape, event_shape) = ((), (D,))`` of the distribution of ``flow``.
-
-        NumPyro's generic form passes each argument's *shape*, which for a flow (not an
-        array) cannot tell ``D``: pass the flow itself. Anything else raises
-        ``NotImplementedError``, NumPyro's answer when shapes cannot be inferred.
+        """``(batch_shape, event_shape) = ((), (D,))`` for ``flow`` itself (not its shape).
 
         Raises:
             NotImplementedError: if ``flow`` is not an `InflationaryFlow`.
@@ -391,19 +332,13 @@ class InflationaryFlowDistribution(dist.TransformedDistribution):
         if isinstance(flow, InflationaryFlow):
             return (), (flow.dim,)
         raise NotImplementedError(
-            "InflationaryFlowDistribution.infer_shapes: the event shape (D,) is the flow's "
-            "dimension, not a function of argument shapes; pass the flow"
+            "InflationaryFlowDistribution.infer_shapes: the event shape (D,) is the flow's; pass it"
         )
 
     @property
     def flow(self) -> InflationaryFlow:
         """The (possibly ``throw=False``) flow this distribution wraps."""
         return self.transforms[0].flow
-
-    @property
-    def robust(self) -> bool:
-        """Whether failed solves give ``-inf``/NaN instead of raising."""
-        return self._robust
 
     @property
     def is_reducing(self) -> bool:
@@ -414,42 +349,37 @@ class InflationaryFlowDistribution(dist.TransformedDistribution):
         flow = self.flow
         if self.is_reducing and not self._regularized:
             return ValueError(
-                f"flow: expected a PR-preserving flow where a full data-space density is "
-                f"needed; got a PR-reducing flow (keep={flow.latent_dim} < D={flow.dim}), "
-                "whose density is concentrated on a k-dimensional set. Sample the site with "
-                "LatentReparam (numpyro.handlers.reparam(config={name: nif.LatentReparam()})) "
-                "or pass regularized_density=True to accept the epsilon-regularised density"
+                "flow: expected a PR-preserving flow where a data-space density is needed; got "
+                f"a PR-reducing flow (keep={flow.latent_dim} < D={flow.dim}). Sample the site "
+                "with LatentReparam or pass regularized_density=True (epsilon-regularised)"
             )
         if flow.needs_trace_key and self.transforms[0].trace_key is None:
             return ValueError(
-                "trace_key: expected a PRNG key because this flow estimates the divergence "
-                f"stochastically (trace={flow.trace!r}, D={flow.dim}); got None. Pass "
-                "trace_key=... to the distribution, build the flow with trace='exact', or "
-                "use LatentReparam, which needs no density"
+                "trace_key: expected a PRNG key for this flow's stochastic divergence "
+                f"(trace={flow.trace!r}, D={flow.dim}); got None. Pass trace_key=..., build "
+                "the flow with trace='exact', or use LatentReparam (no density needed)"
             )
         return None
 
-    def sample(self, key, sample_shape=()) -> jax.Array:
-        x = super().sample(key, sample_shape)
-        if self._robust:
+    def _counted(self, x) -> jax.Array:
+        if self.robust:
             _succeeded(x, 1)
         return x
+
+    def sample(self, key, sample_shape=()) -> jax.Array:
+        return self._counted(super().sample(key, sample_shape))
 
     def sample_with_intermediates(self, key, sample_shape=()) -> tuple[jax.Array, list]:
         if self._density_error() is not None:  # no density to reuse a log-det for
             return self.sample(key, sample_shape), []
         x, intermediates = super().sample_with_intermediates(key, sample_shape)
-        if self._robust:
-            _succeeded(x, 1)
-        return x, intermediates
+        return self._counted(x), intermediates
 
     def log_prob(self, value, intermediates=None) -> jax.Array:
-        error = self._density_error()
-        if error is not None:
+        if (error := self._density_error()) is not None:
             raise error
-        _check_last(jnp.shape(value), "value", self.event_shape[-1])
-        # Validate the raw value, as NumPyro's own distributions do: a concrete value
-        # then gives a concrete mask (and the warning) even when log_prob is traced.
+        _last_axis(jnp.shape(value), "value", self.event_shape[-1])
+        # validate the raw value as NumPyro does: a concrete value warns even under jit
         in_support = self._validate_sample(value) if self._validate_args else None
         if in_support is not None:
             value = jnp.where(jnp.expand_dims(in_support, -1), value, 0.0)
@@ -462,14 +392,13 @@ class InflationaryFlowDistribution(dist.TransformedDistribution):
             z, log_det = flow.encode_with_log_det(value, self.transforms[0].trace_key)
             lp = flow.base_log_prob(z) + log_det
             ok = _succeeded(lp, 0)
-        if self._robust:
+        if self.robust:
             lp = jnp.where(ok, lp, -jnp.inf)
         return lp if in_support is None else jnp.where(in_support, lp, -jnp.inf)
 
 
-# ---------------------------------------------------------------------- the reparameterizer
 class _Renamed(Messenger):
-    # TransformReparam names its base site name + "_base"; ours is name + latent_suffix.
+    # TransformReparam's base site is name + "_base"; ours is name + latent_suffix
     def __init__(self, old: str, new: str):
         super().__init__()
         self.old, self.new = old, new
@@ -483,33 +412,22 @@ class LatentReparam(TransformReparam):
     r"""Sample an `InflationaryFlowDistribution` site in the flow's standardized latent.
 
     ``numpyro.handlers.reparam(model, config={"x": LatentReparam()})`` replaces the site
-    ``x`` by a standard-normal site ``"x_latent"`` $\xi$ and makes ``x`` the decoded
-    point ``flow.decode_standardized(xi, reduced=...)``, a deterministic site: NumPyro's
-    ``TransformReparam`` applied to the prior written from the standardized latent.
-    Samplers move in the latent, where the prior is $N(0, I)$; only the likelihood is
-    evaluated in data space, one plain decode per evaluation.
-
-    For a PR-preserving flow $\xi$ is ``D``-dimensional and ``x`` has exactly the prior.
-    For a PR-reducing flow ``reduced=True`` samples the ``k`` kept coordinates and
-    decodes with the squeezed ones at zero (`ReducedLatentTransform`): the push-forward
-    of $N(0, I_k)$ onto a ``k``-dimensional surface, the intended low-dimensional prior.
-    ``reduced=False`` samples all ``D`` coordinates, scaled by the base standard
-    deviations, and reproduces ``InflationaryFlowDistribution(flow)`` exactly.
-
-    With a ``robust`` prior a failed decode gives a NaN value and the factor
-    ``"<name>_solve_failed"`` of $-\infty$ (`reject_failed_solves`).
+    ``x`` by a standard-normal site ``"x_latent"`` $\xi$ and makes ``x`` the deterministic
+    site ``flow.decode_standardized(xi, reduced=...)`` (NumPyro's ``TransformReparam``):
+    samplers move where the prior is $N(0, I)$, one plain decode per evaluation. For a
+    PR-reducing flow ``reduced=True`` samples the ``k`` kept coordinates; otherwise all
+    ``D`` are, reproducing ``InflationaryFlowDistribution(flow)`` exactly. With a
+    ``robust`` prior a failed decode is rejected (`reject_failed_solves`).
 
     Args:
         reduced: use the ``k``-dimensional latent of a PR-reducing flow.
         latent_suffix: the latent site is named ``name + latent_suffix``.
 
     Raises:
-        ValueError: at an observed site or a site whose distribution is not an
-            `InflationaryFlowDistribution`.
+        ValueError: at an observed site or one that is not an `InflationaryFlowDistribution`.
 
     Examples:
-        >>> import numpyro
-        >>> import numpyro_inflow as nif
+        >>> import numpyro, numpyro_inflow as nif
         >>> def model(flow):
         ...     return numpyro.sample("x", nif.InflationaryFlowDistribution(flow))
         >>> latent_model = numpyro.handlers.reparam(model, config={"x": nif.LatentReparam()})
@@ -518,8 +436,7 @@ class LatentReparam(TransformReparam):
     def __init__(self, reduced: bool = True, latent_suffix: str = "_latent"):
         if not isinstance(latent_suffix, str) or not latent_suffix:
             raise ValueError(f"latent_suffix: expected a non-empty string; got {latent_suffix!r}")
-        self.reduced = bool(reduced)
-        self.latent_suffix = latent_suffix
+        self.reduced, self.latent_suffix = bool(reduced), latent_suffix
 
     def __call__(self, name, fn, obs):
         if obs is not None:
@@ -539,9 +456,7 @@ class LatentReparam(TransformReparam):
             scale = IndependentTransform(AffineTransform(0.0, jnp.sqrt(flow.base_variance)), 1)
             n, transforms = flow.dim, [scale, prior.transforms[0]]
         base = dist.Normal(jnp.zeros((), flow.dtype), 1.0).expand([n]).to_event(1)
-        standard = self._wrap(
-            dist.TransformedDistribution(base, transforms), expand_shape, event_dim
-        )
+        standard = dist.TransformedDistribution(base, transforms)
         with _Renamed(f"{name}_base", name + self.latent_suffix):
-            _, x = super().__call__(name, standard, None)
+            _, x = super().__call__(name, self._wrap(standard, expand_shape, event_dim), None)
         return None, reject_failed_solves(name, x) if prior.robust else x

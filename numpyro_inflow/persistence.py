@@ -1,23 +1,11 @@
-"""Saving and loading inflationary flows as versioned directories.
+"""Saving and loading inflationary flows as versioned directories, written atomically.
 
-A saved flow is a directory with two files, written atomically (a reader sees the
-complete old directory or the complete new one, never a half-written one):
-
-``config.json``
-    Human-readable: format name and version, the package version that wrote it, the
-    schedule's dimension, dtype and static fields, the solver settings
-    (`InflationaryFlow.settings`, a closed vocabulary of plain values), the score
-    (class name and config), a ``summary`` for reading only (eigenvalues,
-    participation ratio, latent dimension; ignored when loading), caller
-    ``metadata`` (for example training settings) and the SHA-256 of the weights file.
-
-``weights.eqx``
-    The arrays of ``(schedule, score)``, written with `equinox.tree_serialise_leaves`.
-    Loading rebuilds a skeleton of the pair from ``config.json`` (its arrays are
-    ``jax.ShapeDtypeStruct`` or placeholders, from each score's config) and reads the
-    arrays into it with `equinox.tree_deserialise_leaves`; every array's shape and
-    dtype is checked against the skeleton, so an inconsistent directory is reported
-    instead of silently loaded.
+A saved flow holds ``config.json`` (human-readable: format version, schedule, solver
+settings from `InflationaryFlow.settings`, score class and config, a read-only
+``summary``, caller ``metadata`` and the SHA-256 of the weights) and ``weights.eqx``
+(the arrays of ``(schedule, score)``, `equinox.tree_serialise_leaves`). Loading reads
+the arrays into a skeleton rebuilt from ``config.json`` and checks each one's shape
+and dtype.
 """
 
 from __future__ import annotations
@@ -78,12 +66,8 @@ def _empirical(cfg: dict) -> EmpiricalScore:
 
 def _shape_config(score) -> dict:
     if isinstance(score, EmpiricalScore):
-        return {
-            "n_data": score.n_data,
-            "chunk_size": score.chunk_size,
-            "dim": score.dim,
-            "dtype": str(score.data.dtype),
-        }
+        sizes = {"n_data": score.n_data, "chunk_size": score.chunk_size}
+        return sizes | {"dim": score.dim, "dtype": str(score.data.dtype)}
     return {"n_components": len(score.weights), "dim": score.dim, "dtype": str(score.means.dtype)}
 
 
@@ -104,8 +88,7 @@ def save_flow(flow: InflationaryFlow, path, overwrite: bool = False, metadata=No
         path: Directory to create.
         overwrite: Replace an existing directory (only once the new one is complete).
         metadata: Optional JSON-serialisable dict stored under ``"metadata"`` in
-            ``config.json``, for example training settings; read it back with
-            `read_config`.
+            ``config.json`` (for example training settings; see `read_config`).
 
     Returns:
         The directory, as a `Path`.
@@ -155,7 +138,7 @@ def save_flow(flow: InflationaryFlow, path, overwrite: bool = False, metadata=No
             "base_variance": np.asarray(sch.base_variance, dtype=np.float64).tolist(),
         },
         "weights": {"file": _WEIGHTS, "sha256": hashlib.sha256(buf.getvalue()).hexdigest()},
-        "metadata": metadata if metadata is not None else {},
+        "metadata": metadata or {},
     }
     try:
         text = json.dumps(config, indent=2, allow_nan=False, default=_json_default)
@@ -217,11 +200,7 @@ def read_config(path) -> dict:
 
 
 def load_flow(path) -> InflationaryFlow:
-    """Load a flow saved with `save_flow`.
-
-    The weights file must match its recorded checksum, and every array must have the
-    shape and dtype that ``config.json`` implies, so that the loaded flow reproduces
-    the saved one bit for bit.
+    """Load a flow saved with `save_flow`, bit for bit.
 
     Args:
         path: The directory.

@@ -1,25 +1,19 @@
 r"""Pretrained flows shipped inside the package: ``nif.pretrained("digits")``.
 
-The flows live in ``numpyro_inflow/pretrained/<name>/`` as saved by
-`save_flow` (``config.json`` and ``weights.eqx``), so they load
-offline with one call and are checked against their recorded SHA-256.
+Each lives in ``numpyro_inflow/pretrained/<name>/`` as saved by `save_flow`, loads
+offline and is checked against its recorded SHA-256. Both model sklearn's 8x8 digits in
+$[-1, 1]$ (64-D) with a residual MLP (width 256, depth 2) in eigen coordinates, trained
+for 4,000 steps of 256 on ``nif.datasets.load("digits", seed=0)[:1500]`` (the last 297
+images are held out; ``docs/tutorials/digits.md`` has the details and quality numbers):
 
-- ``"digits"`` (the default): sklearn's 8x8 digits in $[-1, 1]$ (64-D),
-  PR-preserving (64-D standard-normal latent), residual MLP (width 256, depth 2) in
-  eigen coordinates, 4,000 steps of 256. The prior for calibrated inverse problems.
-- ``"digits-k16"``: the same data and network, PR-reducing with ``k = 16`` kept
-  directions (constant inflation gap 1): a 16-D latent whose prior is a surface in
-  data space (held-out digits lie off it; see ``docs/limitations.md``).
+- ``"digits"`` (the default): PR-preserving, a 64-D standard-normal latent; the prior
+  for calibrated inverse problems.
+- ``"digits-k16"``: PR-reducing with ``k = 16`` kept directions (constant inflation
+  gap 1): a 16-D latent whose prior is a surface in data space (held-out digits lie off
+  it; see ``docs/limitations.md``).
 
-Training data and split: ``nif.datasets.load("digits", seed=0)``; the first 1,500
-images trained the flow (90 % for the weights, 10 % for the validation loss), the
-last 297 (``[1500:]``) are held out. Its quality numbers (energy distance to the
-held-out digits, classifier confidence, round-trip error) are in
-``docs/benchmarks.md`` ("Digits prior") and in the ``metadata`` of its
-``config.json`` (`read_config`). The flows are reproduced
-(bit for bit on the same machine and library versions) by::
-
-    python benchmarks/train_digits.py --ship prp prr16
+Reproduced (bit for bit on the same machine and library versions) by
+``python benchmarks/train_digits.py --ship prp prr16``.
 """
 
 from __future__ import annotations
@@ -32,19 +26,12 @@ from .persistence import load_flow
 __all__ = ["available", "pretrained", "pretrained_path"]
 
 _ROOT = Path(__file__).with_name("pretrained")
+_DIGITS = "8x8 digits in [-1, 1] (64-D), {}; reproduce: python benchmarks/train_digits.py --ship {}"
 
-#: name -> (directory under ``numpyro_inflow/pretrained/``, one-line description).
-_REGISTRY: dict[str, tuple[str, str]] = {
-    "digits": (
-        "digits",
-        "8x8 digits in [-1, 1] (64-D), PR-preserving, 64-D latent; "
-        "reproduce: python benchmarks/train_digits.py --ship prp",
-    ),
-    "digits-k16": (
-        "digits-k16",
-        "8x8 digits in [-1, 1] (64-D), PR-reducing, k=16 latent; "
-        "reproduce: python benchmarks/train_digits.py --ship prr16",
-    ),
+#: name (also the directory under ``numpyro_inflow/pretrained/``) -> one-line description.
+_REGISTRY = {
+    "digits": _DIGITS.format("PR-preserving, 64-D latent", "prp"),
+    "digits-k16": _DIGITS.format("PR-reducing, k=16 latent", "prr16"),
 }
 
 #: Name loaded by `pretrained` when none is given.
@@ -54,19 +41,12 @@ DEFAULT = "digits"
 def available() -> dict[str, str]:
     """Names of the shipped flows, each with a one-line description.
 
-    Example:
+    Examples:
         >>> import numpyro_inflow as nif
         >>> "digits" in nif.pretrained.available()
         True
     """
-    return {name: desc for name, (_, desc) in _REGISTRY.items()}
-
-
-def _check_name(name) -> str:
-    if not isinstance(name, str) or name not in _REGISTRY:
-        listing = "; ".join(f"{n!r} ({d})" for n, d in available().items())
-        raise ValueError(f"name: expected one of the shipped flows: {listing}; got {name!r}")
-    return name
+    return dict(_REGISTRY)
 
 
 def pretrained_path(name: str = DEFAULT) -> Path:
@@ -82,7 +62,10 @@ def pretrained_path(name: str = DEFAULT) -> Path:
         ValueError: for an unknown name (the message lists the available ones) or a
             missing directory (an incomplete installation).
     """
-    path = _ROOT / _REGISTRY[_check_name(name)][0]
+    if not isinstance(name, str) or name not in _REGISTRY:
+        listing = "; ".join(f"{n!r} ({d})" for n, d in _REGISTRY.items())
+        raise ValueError(f"name: expected one of the shipped flows: {listing}; got {name!r}")
+    path = _ROOT / name
     if not (path / "config.json").is_file():
         raise ValueError(
             f"name: the shipped flow {name!r} is missing from {str(path)!r}; the installation "
@@ -96,11 +79,10 @@ def pretrained(name: str = DEFAULT, **changes) -> InflationaryFlow:
     """Load a flow shipped with the package.
 
     Args:
-        name: a key of `available` (``nif.pretrained.available()``); default
-            ``"digits"``.
-        **changes: constructor arguments to change on the loaded flow, passed to
-            `replace` (for example a cheap
-            fixed-step solver: ``solver=nif.ExponentialMultistep(), dt0=flow.t_end / 40``).
+        name: a key of `available` (``nif.pretrained.available()``).
+        **changes: constructor arguments to change on the loaded flow, passed to `replace`
+            (e.g. a cheap fixed-step solver: ``solver=nif.ExponentialMultistep(),
+            dt0=flow.t_end / 40``).
 
     Returns:
         The `InflationaryFlow` (as saved: adaptive Tsit5 with
@@ -110,7 +92,7 @@ def pretrained(name: str = DEFAULT, **changes) -> InflationaryFlow:
         ValueError: for an unknown name (the message lists the available ones), a
             missing or corrupt directory, or an unknown change.
 
-    Example:
+    Examples:
         >>> import numpyro_inflow as nif
         >>> flow = nif.pretrained("digits")
         >>> flow.dim, flow.latent_dim

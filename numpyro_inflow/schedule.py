@@ -27,13 +27,12 @@ __all__ = ["InflationSchedule", "participation_ratio"]
 def participation_ratio(eigenvalues_or_covariance) -> jax.Array:
     r"""Participation ratio $(\sum_i \lambda_i)^2 / \sum_i \lambda_i^2$.
 
-    It is 1 for a rank-one covariance and ``D`` for an isotropic one: a soft count of
-    the dimensions the data occupy.
+    A soft count of the dimensions the data occupy: 1 for a rank-one covariance and
+    ``D`` for an isotropic one.
 
     Args:
-        eigenvalues_or_covariance: a vector of eigenvalues ``(..., D)`` or a covariance
-            matrix ``(..., D, D)`` (told apart by whether the last two axes are square
-            and the input has at least two dimensions).
+        eigenvalues_or_covariance: eigenvalues ``(..., D)`` or a covariance ``(..., D, D)``
+            (an input with two or more axes whose last two are equal is a covariance).
 
     Returns:
         The participation ratio, with the leading batch shape.
@@ -47,10 +46,8 @@ def participation_ratio(eigenvalues_or_covariance) -> jax.Array:
         4.0
     """
     a = as_float_array(eigenvalues_or_covariance, "eigenvalues_or_covariance", min_ndim=1)
-    if a.ndim >= 2 and a.shape[-1] == a.shape[-2]:
-        tr = jnp.trace(a, axis1=-2, axis2=-1)
-        tr2 = jnp.sum(a * jnp.swapaxes(a, -1, -2), axis=(-2, -1))
-        return tr**2 / tr2
+    if a.ndim >= 2 and a.shape[-1] == a.shape[-2]:  # tr(S)^2 / tr(S S)
+        return jnp.trace(a, axis1=-2, axis2=-1) ** 2 / jnp.sum(a * a.mT, axis=(-2, -1))
     return jnp.sum(a, -1) ** 2 / jnp.sum(a**2, -1)
 
 
@@ -85,14 +82,12 @@ def _g_vector(dim: int, keep: int | None, inflation_gap, g) -> np.ndarray:
 class InflationSchedule(eqx.Module):
     r"""Noise and scale schedule of an inflationary flow, in the data's eigenbasis.
 
-    Build one with `from_data` (from samples) or `from_moments` (from a
-    known mean and covariance). The default is the authors' reference schedule:
-    isotropic starting noise $\gamma_0$ and a single global scale
-    $s(t) = A_0/\sqrt{\lambda_1 + \gamma_*(t)}$. With ``proportional=True``
-    (PR-preserving only) the paper's variant is used instead: noise proportional to
-    each eigenvalue, $\gamma_{0,i} = \gamma_0 \lambda_i/\lambda_1$, and a per-axis
-    scale $s_i(t) = A_0/\sqrt{\lambda_i + \gamma_i(t)}$, which makes the scaled
-    covariance of Gaussian data exactly $A_0^2 I$ at every time.
+    Build one with `from_data` or `from_moments`. The default is the authors' reference
+    schedule: isotropic starting noise $\gamma_0$ and one global scale
+    $s(t) = A_0/\sqrt{\lambda_1 + \gamma_*(t)}$. ``proportional=True`` (PR-preserving
+    only) is the paper's variant $\gamma_{0,i} = \gamma_0 \lambda_i/\lambda_1$,
+    $s_i(t) = A_0/\sqrt{\lambda_i + \gamma_i(t)}$: the scaled covariance of Gaussian
+    data is then exactly $A_0^2 I$ at every time.
 
     Attributes:
         mean: data mean ``(D,)``.
@@ -118,7 +113,6 @@ class InflationSchedule(eqx.Module):
     keep: int = eqx.field(static=True)
     proportional: bool = eqx.field(static=True)
 
-    # ------------------------------------------------------------------ builders
     @classmethod
     def from_data(
         cls,
@@ -135,7 +129,7 @@ class InflationSchedule(eqx.Module):
         eig_floor: float = 1e-6,
         proportional: bool = False,
     ) -> InflationSchedule:
-        """Schedule from samples ``x`` of shape ``(N, D)``.
+        """Schedule from samples ``x`` of shape ``(N, D)`` (their mean and covariance).
 
         Args:
             x: data, floating point, ``N >= 2`` finite rows.
@@ -162,30 +156,16 @@ class InflationSchedule(eqx.Module):
             ValueError: for non-float, non-finite or too few samples, or any argument
                 out of range.
         """
+        options = {k: v for k, v in locals().items() if k not in ("cls", "x")}
         x = as_float_array(x, "x")
         if x.ndim != 2:
             raise ValueError(f"x: expected a 2-D array (N, D); got shape {tuple(x.shape)}")
         check_finite(x, "x")
-        n = x.shape[0]
-        if n < 2:
-            raise ValueError(f"x: expected at least 2 samples to estimate a covariance; got {n}")
+        if x.shape[0] < 2:
+            raise ValueError(f"x: expected at least 2 samples for a covariance; got {x.shape[0]}")
         xn = np.asarray(x, dtype=np.float64)
-        mean = xn.mean(0)
-        cov = np.atleast_2d(np.cov(xn, rowvar=False))
-        return cls.from_moments(
-            mean.astype(x.dtype),
-            cov.astype(x.dtype),
-            keep=keep,
-            inflation_gap=inflation_gap,
-            rho=rho,
-            gamma0=gamma0,
-            t_end=t_end,
-            g=g,
-            A0=A0,
-            end_ratio=end_ratio,
-            eig_floor=eig_floor,
-            proportional=proportional,
-        )
+        mean, cov = xn.mean(0), np.atleast_2d(np.cov(xn, rowvar=False))
+        return cls.from_moments(mean.astype(x.dtype), cov.astype(x.dtype), **options)
 
     @classmethod
     def from_moments(
@@ -224,21 +204,17 @@ class InflationSchedule(eqx.Module):
         end_ratio = check_positive(end_ratio, "end_ratio")
         eig_floor = check_positive(eig_floor, "eig_floor")
         if keep is not None:
-            if isinstance(keep, bool) or not isinstance(keep, int | np.integer):
-                raise ValueError(f"keep: expected None or an integer in 1..{d - 1}; got {keep!r}")
-            if not 1 <= keep <= d - 1:
+            if isinstance(keep, bool) or not isinstance(keep, int | np.integer) or not 0 < keep < d:
                 raise ValueError(
-                    f"keep: expected None (PR-preserving) or an integer in 1..{d - 1}; got {keep}"
+                    f"keep: expected None (PR-preserving) or an integer in 1..{d - 1}; got {keep!r}"
                 )
             keep = int(keep)
         if proportional and keep is not None:
             raise ValueError("proportional: only available for PR-preserving schedules (keep=None)")
 
         c = np.asarray(cov, dtype=np.float64)
-        c = 0.5 * (c + c.T)
-        lam, w = np.linalg.eigh(c)
-        order = np.argsort(lam)[::-1]
-        lam, w = lam[order], w[:, order]
+        lam, w = np.linalg.eigh(0.5 * (c + c.T))
+        lam, w = lam[::-1], w[:, ::-1]  # descending
         if lam[0] <= 0:
             raise ValueError("covariance: expected a non-zero covariance; got all eigenvalues <= 0")
         lam = np.maximum(lam, eig_floor * lam[0])
@@ -257,21 +233,10 @@ class InflationSchedule(eqx.Module):
                 )
         else:
             t_end = check_positive(t_end, "t_end")
-        dtype = mean.dtype
-        return cls(
-            mean=jnp.asarray(mean, dtype),
-            eigenvectors=jnp.asarray(w, dtype),
-            eigenvalues=jnp.asarray(lam, dtype),
-            g=jnp.asarray(gvec, dtype),
-            gamma0=gamma0,
-            rho=rho,
-            A0=A0,
-            t_end=float(t_end),
-            keep=d if keep is None else keep,
-            proportional=bool(proportional),
-        )
+        arrays = (jnp.asarray(a, mean.dtype) for a in (mean, w, lam, gvec))
+        keep = d if keep is None else keep
+        return cls(*arrays, gamma0, rho, A0, float(t_end), keep, bool(proportional))
 
-    # ------------------------------------------------------------------ basics
     @property
     def dim(self) -> int:
         """Data dimension ``D``."""
@@ -294,7 +259,6 @@ class InflationSchedule(eqx.Module):
             return self.gamma0 * self.eigenvalues / self.eigenvalues[0]
         return jnp.full_like(self.eigenvalues, self.gamma0)
 
-    # ------------------------------------------------------------------ coordinates
     def to_eigen(self, x: jax.Array) -> jax.Array:
         """Eigen coordinates ``u = W^T (x - mean)`` of data points ``(..., D)``."""
         return (x - self.mean) @ self.eigenvectors
@@ -303,7 +267,6 @@ class InflationSchedule(eqx.Module):
         """Data points ``x = mean + W u`` from eigen coordinates ``(..., D)``."""
         return u @ self.eigenvectors.T + self.mean
 
-    # ------------------------------------------------------------------ functions of t
     def gamma(self, t) -> jax.Array:
         r"""Noise variances $\gamma_i(t)$, shape ``(D,)``."""
         return self.gamma_start * jnp.exp(self.rates * t)
@@ -312,42 +275,33 @@ class InflationSchedule(eqx.Module):
         r"""$\dot\gamma_i(t) = r_i \gamma_i(t)$."""
         return self.rates * self.gamma(t)
 
-    def _scale_variance(self, t) -> jax.Array:
-        # lam_ref + gamma_ref(t): the variance the scale divides by, per direction.
+    def _scale_variance(self, t) -> tuple[jax.Array, jax.Array]:
+        # V_i = lam_ref + gamma_ref(t), the variance the scale divides by, and dV_i/dt.
         if self.proportional:
-            return self.eigenvalues + self.gamma(t)
+            gamma = self.gamma(t)
+            return self.eigenvalues + gamma, self.rates * gamma
         rate_star = self.rho * (1.0 + jnp.max(self.g))
-        var = self.eigenvalues[0] + self.gamma0 * jnp.exp(rate_star * t)
-        return jnp.broadcast_to(var, self.eigenvalues.shape)
-
-    def _scale_rate(self, t) -> jax.Array:
-        if self.proportional:
-            return self.rates * self.gamma(t)
-        rate_star = self.rho * (1.0 + jnp.max(self.g))
-        gstar = self.gamma0 * jnp.exp(rate_star * t)
-        return jnp.broadcast_to(rate_star * gstar, self.eigenvalues.shape)
+        gstar = jnp.broadcast_to(self.gamma0 * jnp.exp(rate_star * t), self.eigenvalues.shape)
+        return self.eigenvalues[0] + gstar, rate_star * gstar
 
     def scale(self, t) -> jax.Array:
         r"""Scale $s_i(t)$ (the same for every ``i`` unless proportional), shape ``(D,)``."""
-        return self.A0 / jnp.sqrt(self._scale_variance(t))
+        return self.A0 / jnp.sqrt(self._scale_variance(t)[0])
 
     def dlog_scale(self, t) -> jax.Array:
         r"""$\dot s_i / s_i = -\tfrac12 \dot V_i / V_i$ with $V_i = s_i^{-2} A_0^2$."""
-        return -0.5 * self._scale_rate(t) / self._scale_variance(t)
+        var, rate = self._scale_variance(t)
+        return -0.5 * rate / var
 
     def dscale(self, t) -> jax.Array:
         r"""$\dot s_i(t)$."""
         return self.scale(t) * self.dlog_scale(t)
 
-    # ------------------------------------------------------------------ the latent
     @property
     def base_variance(self) -> jax.Array:
         r"""Variances of the latent ``z = v(T)/A0``: 1 on kept directions, and the squeezed
         $\epsilon_i = s_i(T)^2(\lambda_i + \gamma_i(T))/A_0^2$ on the others."""
-        t = self.t_end
-        eps = self.scale(t) ** 2 * (self.eigenvalues + self.gamma(t)) / self.A0**2
-        kept = jnp.arange(self.dim) < self.keep
-        return jnp.where(kept, 1.0, eps)
+        return jnp.where(jnp.arange(self.dim) < self.keep, 1.0, self.predicted_latent_variance())
 
     def predicted_latent_variance(self, t=None) -> jax.Array:
         r"""Per-direction variance of the scaled state at ``t`` for Gaussian-like data,

@@ -1,14 +1,10 @@
 r"""Scores (denoisers) of the noised data distribution, in eigen coordinates.
 
-A score object answers one question: given an unscaled eigen-coordinate point ``w``
-at time ``t``, what is the posterior mean $D(w, t) = E[u_0 \mid w_t = w]$ of the
-clean point? Tweedie's formula turns it into the score,
-$\nabla \log p_t(w) = (D(w, t) - w)/\gamma(t)$.
-
-Two exact oracles live here: `GaussianMixtureScore` (any mixture with full
-covariances, for which the whole flow is known in closed form) and
-`EmpiricalScore` (the kernel score of a finite data set). Learned denoisers
-(``numpyro_inflow.denoiser``) implement the same interface.
+A score object gives the posterior mean $D(w, t) = E[u_0 \mid w_t = w]$ of the clean
+point given an unscaled eigen-coordinate point ``w`` at time ``t``; Tweedie's formula
+turns it into the score $\nabla \log p_t(w) = (D(w, t) - w)/\gamma(t)$. The exact
+oracles `GaussianMixtureScore` (the whole flow in closed form) and `EmpiricalScore`
+(a finite data set) live here; learned denoisers implement the same interface.
 """
 
 from __future__ import annotations
@@ -52,8 +48,7 @@ class GaussianMixtureScore(AbstractScore):
 
     $$D(w, t) = \sum_m r_m(w)\,[a_m + B_m (B_m + G)^{-1}(w - a_m)],$$
 
-    with responsibilities $r_m$. This makes the whole flow exact: the backbone of
-    the test suite and a ground truth for posteriors.
+    with responsibilities $r_m$: an exact flow, and a ground truth for posteriors.
 
     Args:
         weights: mixture weights ``(M,)``, non-negative, normalised here.
@@ -123,23 +118,21 @@ class GaussianMixtureScore(AbstractScore):
         eps = jax.random.normal(k2, (n, self.dim), self.means.dtype)
         return self.means[comp] + jnp.einsum("nij,nj->ni", chol[comp], eps)
 
-    def _eigen_components(self, schedule: InflationSchedule):
+    def _noised(self, t, schedule):
+        # Component means a_m, covariances B_m and Cholesky factors of B_m + diag(gamma(t)).
         wmat = schedule.eigenvectors
         a = (self.means - schedule.mean) @ wmat
         b = jnp.einsum("ji,mjk,kl->mil", wmat, self.covariances, wmat)
-        return a, b
+        return a, b, jnp.linalg.cholesky(b + jnp.diag(schedule.gamma(t)))
 
-    def _noised(self, t, schedule):
-        a, b = self._eigen_components(schedule)
-        cov_t = b + jnp.diag(schedule.gamma(t))
-        return a, b, jnp.linalg.cholesky(cov_t)
+    def _log_joint(self, w, a, chol):
+        # log(pi_m N(w; a_m, L_m L_m^T)) for every component m.
+        def one(am, cm):
+            sol = jax.scipy.linalg.solve_triangular(cm, w - am, lower=True)
+            half_logdet = jnp.sum(jnp.log(jnp.diagonal(cm)))
+            return -0.5 * jnp.sum(sol**2) - half_logdet - 0.5 * w.shape[-1] * jnp.log(2 * jnp.pi)
 
-    @staticmethod
-    def _component_logpdf(w, a, chol):
-        diff = w - a
-        sol = jax.scipy.linalg.solve_triangular(chol, diff, lower=True)
-        half_logdet = jnp.sum(jnp.log(jnp.diagonal(chol)))
-        return -0.5 * jnp.sum(sol**2) - half_logdet - 0.5 * w.shape[-1] * jnp.log(2 * jnp.pi)
+        return jax.vmap(one)(a, chol) + jnp.log(self.weights)
 
     def log_prob_t(self, w: jax.Array, t, schedule: InflationSchedule) -> jax.Array:
         r"""Exact $\log p_t(w)$ of unscaled eigen coordinates ``w`` ``(..., D)``.
@@ -149,35 +142,24 @@ class GaussianMixtureScore(AbstractScore):
         data-space density of ``x`` with ``w = W^T(x - mu)``).
         """
         a, _, chol = self._noised(t, schedule)
-        logw = jnp.log(self.weights)
-
-        def one(wi):
-            lp = jax.vmap(self._component_logpdf, in_axes=(None, 0, 0))(wi, a, chol)
-            return jax.nn.logsumexp(lp + logw)
-
-        flat = w.reshape(-1, w.shape[-1])
-        return jax.vmap(one)(flat).reshape(w.shape[:-1])
+        one = lambda wi: jax.nn.logsumexp(self._log_joint(wi, a, chol))  # noqa: E731
+        return jax.vmap(one)(w.reshape(-1, w.shape[-1])).reshape(w.shape[:-1])
 
     def denoise(self, w, t, schedule):
         a, b, chol = self._noised(t, schedule)
-        lp = jax.vmap(self._component_logpdf, in_axes=(None, 0, 0))(w, a, chol)
-        resp = jax.nn.softmax(lp + jnp.log(self.weights))
 
         def post_mean(am, bm, cm):
-            sol = jax.scipy.linalg.cho_solve((cm, True), w - am)
-            return am + bm @ sol
+            return am + bm @ jax.scipy.linalg.cho_solve((cm, True), w - am)
 
-        means = jax.vmap(post_mean)(a, b, chol)
-        return resp @ means
+        return jax.nn.softmax(self._log_joint(w, a, chol)) @ jax.vmap(post_mean)(a, b, chol)
 
 
 class EmpiricalScore(AbstractScore):
     r"""Kernel denoiser of a finite data set, $p_0 = \frac1N\sum_j \delta(x_j)$.
 
-    The noised marginal is a mixture of $N(a_j, \operatorname{diag}\gamma(t))$
-    centred on the projected data $a_j$, so the denoiser is a softmax-weighted
-    average of the data. The sum over data is streamed in chunks with a running
-    log-sum-exp, so memory is ``O(batch * chunk_size * D)`` whatever ``N`` is.
+    The noised marginal is a mixture of $N(a_j, \operatorname{diag}\gamma(t))$ on the
+    projected data $a_j$, so the denoiser is a softmax-weighted average of the data,
+    streamed in chunks with a running log-sum-exp (memory ``O(chunk_size * D)``).
 
     Args:
         x: data ``(N, D)``.
@@ -211,9 +193,8 @@ class EmpiricalScore(AbstractScore):
 
     def denoise(self, w, t, schedule):
         gamma = schedule.gamma(t)
-        n_chunks = self.data.shape[0] // self.chunk_size
-        chunks = self.data.reshape(n_chunks, self.chunk_size, self.dim)
-        valid = (jnp.arange(self.data.shape[0]) < self.n_data).reshape(n_chunks, self.chunk_size)
+        chunks = self.data.reshape(-1, self.chunk_size, self.dim)
+        valid = (jnp.arange(self.data.shape[0]) < self.n_data).reshape(-1, self.chunk_size)
 
         def step(carry, inp):
             m_run, s_run, acc = carry

@@ -1,16 +1,15 @@
 r"""Exponential integrators for the semi-linear pfODE, as diffrax solvers.
 
-The flow's vector field (`PFODEField`) is semi-linear. In the unscaled eigen
-coordinates $w = v/s(t)$ it reads, per direction $i$,
+The pfODE of `PFODEField` is semi-linear: in the unscaled eigen coordinates
+$w = v/s(t)$ it reads, per direction $i$,
 
 $$
 \frac{dw_i}{dt} = c_i\,\bigl(w_i - D_i(w, t)\bigr), \qquad
 c_i = \frac{r_i}{2} = \frac{\rho(1+g_i)}{2},
 $$
 
-with a *constant* rate $c_i$ (because $\log\gamma_i$ is affine in $t$; de Albuquerque
-& Pearson 2024, §3). Variation of constants over a step $t_0 \to t_1 = t_0 + h$
-($h < 0$ when decoding) is exact:
+with a constant rate $c_i$ ($\log\gamma_i$ is affine in $t$; de Albuquerque & Pearson
+2024, §3). Variation of constants over a step $t_0 \to t_1 = t_0 + h$ is exact:
 
 $$
 w_i(t_1) = e^{c_i h}\, w_i(t_0)
@@ -30,40 +29,25 @@ $$w(t_1) = e^{x} w(t_0) - (e^{x} - 1)\, D_0 - h\, x\varphi_2(x)\, D' .$$
 The solvers differ in how they get $D'$:
 
 * `ExponentialEuler`: $D' = 0$; first order, one evaluation per step.
-* `ExponentialMultistep`: $D'$ from the previous step's evaluation,
-  $(D_0 - D_{-1})/(t_0 - t_{-1})$; second order with *one* evaluation per step
-  (plus two before the first step), or third order (``order=3``) through two
-  previous evaluations. Works on any grid (``StepTo``).
-* `ExponentialMidpoint`: $D'$ from an exponential-Euler predictor to the
-  midpoint, $(D_{1/2} - D_0)/(h/2)$; second order, two evaluations per step,
-  and adaptive (the difference from the exponential Euler step is its error
-  estimate), so it works with ``diffrax.PIDController``.
+* `ExponentialMultistep`: $D'$ from previous evaluations; second (or, ``order=3``,
+  third) order with *one* evaluation per step, on any grid.
+* `ExponentialMidpoint`: $D' = (D_{1/2} - D_0)/(h/2)$ from a predictor to the
+  midpoint; second order, two evaluations per step, adaptive.
 
-In the time variable $\lambda_i = -\tfrac12\log\gamma_i$ (affine in $t$) these
-are the data-prediction exponential integrators of the diffusion literature
-(DPM-Solver++ 1/2M/2S, DEIS), here with per-direction rates. With the scale included,
-$v(t_1) = s(t_1)\, w(t_1)$ and $w(t_0) = v(t_0)/s(t_0)$, so the linear part
-($\dot s/s + c$) is propagated exactly too. The denoiser values come straight from
-`PFODEField.evaluate`, one call per evaluation.
+In the time $\lambda_i = -\tfrac12\log\gamma_i$ these are the data-prediction
+exponential integrators of the diffusion literature (DPM-Solver++ 1/2M/2S, DEIS), with
+per-direction rates; the scale $v = s(t)\,w$ and the linear part are propagated exactly.
 
-**Log-density state.** When the field carries the divergence accumulator
-(``PFODEField.probes`` not ``None``, state ``(v, acc)``), ``acc`` is integrated with
-the same polynomial model of the divergence: explicit Euler (``ExponentialEuler``),
-second-order Adams–Bashforth on the same grid (``ExponentialMultistep``) and the
-midpoint rule (``ExponentialMidpoint``), so every solver keeps its order on the
-log-determinant.
+When the field carries the divergence accumulator (state ``(v, acc)``), ``acc`` is
+integrated with the same polynomial model of the divergence, so every solver keeps its
+order on the log-determinant.
 
-Every solver here declares ``term_structure = diffrax.ODETerm`` and needs its vector
-field to be a `PFODEField` (the flow builds it so); other vector fields raise
-``ValueError`` when the solve is traced. Each class exposes ``evals_per_step``
-(denoiser evaluations per step) and ``initial_evals`` (evaluations before the first
-step: 2 for `ExponentialMultistep`, 0 otherwise), which the flow reads for its NFE
-count.
+The solvers need ``diffrax.ODETerm(PFODEField(...))`` (other vector fields raise
+``ValueError`` when the solve is traced) and declare ``evals_per_step`` and
+``initial_evals`` (evaluations before the first step), which the flow's NFE count reads.
 
 Examples:
     >>> import jax.numpy as jnp
-
-from .field import PFODEField
     >>> import numpyro_inflow as nif
     >>> gm = nif.GaussianMixtureScore(jnp.ones(2) / 2, jnp.array([[-1.0, 0], [1, 0]]),
     ...                               jnp.tile(0.1 * jnp.eye(2), (2, 1, 1)))
@@ -108,17 +92,14 @@ def _xphi(k: int, x: jax.Array) -> jax.Array:
     return jnp.where(small, series, head / xd ** (k - 1))
 
 
-def _is_ode_term(node) -> bool:
-    return isinstance(node, diffrax.ODETerm)
-
-
 def _field(terms) -> PFODEField:
     """The `PFODEField` of the ``ODETerm`` that ``term_structure`` admitted.
 
     ``diffeqsolve`` passes solvers its own time-normalising wrapper of that term; the
     term is a node of the wrapper's pytree, found without naming the wrapper.
     """
-    nodes = [n for n in jax.tree.leaves(terms, is_leaf=_is_ode_term) if _is_ode_term(n)]
+    is_term = lambda n: isinstance(n, diffrax.ODETerm)  # noqa: E731
+    nodes = [n for n in jax.tree.leaves(terms, is_leaf=is_term) if is_term(n)]
     field = nodes[0].vector_field if len(nodes) == 1 else None
     if not isinstance(field, PFODEField):
         raise ValueError(
@@ -140,7 +121,7 @@ def _start(terms, t0, t1, y0):
     return (field, ta, tb - ta, v0, acc0, *field.evaluate(ta, v0))
 
 
-def _propagate(field, t0, h, v0, d0, slope, curv=None) -> jax.Array:
+def _propagate(field, t0, h, v0, d0, slope=None, curv=None) -> jax.Array:
     r"""$v(t_0+h)$ from the exact integral of
     $D(t_0+\sigma) = D_0 + \sigma\,\mathrm{slope} + \sigma^2\,\mathrm{curv}$."""
     sch = field.schedule
@@ -152,6 +133,12 @@ def _propagate(field, t0, h, v0, d0, slope, curv=None) -> jax.Array:
     if curv is not None:
         w1 = w1 - 2.0 * h**2 * _xphi(3, x) * curv
     return sch.scale(t0 + h) * w1
+
+
+def _midpoint(field, t0, h, v0, d0):
+    """Exponential Euler predictor to ``t0 + h/2`` and the evaluation ``(t, d, div)`` there."""
+    t_mid = t0 + 0.5 * h
+    return t_mid, *field.evaluate(t_mid, _propagate(field, t0, 0.5 * h, v0, d0))
 
 
 def _pack(v, acc):
@@ -167,6 +154,10 @@ class _AbstractExponentialSolver(diffrax.AbstractSolver):
     )
     evals_per_step: ClassVar[int]
     initial_evals: ClassVar[int] = 0
+    method_order: ClassVar[int]
+
+    def order(self, terms):
+        return self.method_order
 
     def init(self, terms, t0, t1, y0, args):
         _field(terms)  # validates the terms; single-step solvers keep no state
@@ -177,25 +168,19 @@ class _AbstractExponentialSolver(diffrax.AbstractSolver):
 
 
 class ExponentialEuler(_AbstractExponentialSolver):
-    r"""Exponential Euler for the pfODE: the denoiser is frozen over each step.
-
-    $$w(t_1) = e^{c h} w(t_0) - (e^{c h} - 1)\, D(w(t_0), t_0), \quad c = r/2.$$
+    r"""Exponential Euler for the pfODE: the denoiser is frozen over each step ($D' = 0$).
 
     First order, one denoiser evaluation per step, no error estimate (use
-    ``diffrax.ConstantStepSize`` or ``diffrax.StepTo``). Exact when the denoiser is
-    constant in time; the linear part is always exact. The log-density accumulator,
-    if present, takes an explicit Euler step.
+    ``diffrax.ConstantStepSize`` or ``diffrax.StepTo``); exact when the denoiser is
+    constant in time. The log-density accumulator takes an explicit Euler step.
     """
 
     evals_per_step: ClassVar[int] = 1
-
-    def order(self, terms):
-        return 1
+    method_order: ClassVar[int] = 1
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
-        del solver_state, made_jump
         field, ta, h, v0, acc0, d0, div0 = _start(terms, t0, t1, y0)
-        v1 = _propagate(field, ta, h, v0, d0, None)
+        v1 = _propagate(field, ta, h, v0, d0)
         y1 = _pack(v1, None if acc0 is None else acc0 + h * div0)
         return y1, None, dict(y0=y0, y1=y1), None, diffrax.RESULTS.successful
 
@@ -203,33 +188,19 @@ class ExponentialEuler(_AbstractExponentialSolver):
 class ExponentialMultistep(_AbstractExponentialSolver):
     r"""Exponential multistep integrator (2M or 3M): one evaluation per step.
 
-    The denoiser is modelled as a polynomial in time through the current and the
-    ``order - 1`` previous evaluations, and that polynomial is integrated exactly
-    against the exponential kernel. For ``order=2``:
-
-    $$
-    w(t_1) = e^{x} w(t_0) - (e^{x} - 1) D_0 - h\, x\varphi_2(x)\,
-    \frac{D_0 - D_{-1}}{t_0 - t_{-1}},\qquad x = \frac{r h}{2},
-    $$
-
-    with $x\varphi_2(x) = (e^x - 1 - x)/x$. For ``order=3`` the Newton form
+    The denoiser is modelled as the polynomial through the current and the
+    ``order - 1`` previous evaluations, integrated exactly against the exponential
+    kernel: $D' = (D_0 - D_{-1})/(t_0 - t_{-1})$ for ``order=2``. For ``order=3`` the Newton form
     $D_0 + d_1\sigma + d_2\sigma(\sigma + t_0 - t_{-1})$ through three points
     (divided differences $d_1, d_2$) adds
     $-h\,x\varphi_2(x)\, d_2 (t_0 - t_{-1}) - 2h^2\, x\varphi_3(x)\, d_2$.
 
-    Start-up: before the first step, an exponential Euler predictor to the first
-    step's midpoint provides a history point (two evaluations, counted by the class
-    attribute ``initial_evals``), so the first step is a second-order 2S step and the
-    second step for ``order=3`` already has three nodes. A first-order start would cap
-    the global order at 2, with an error the inflation amplifies. After a jump the
-    history is dropped (exponential Euler, then 2M, then 3M). Steps may be of any size
-    (``diffrax.StepTo`` grids are supported); there is no error estimate, so adaptive
-    controllers are not.
-
-    The log-density accumulator, if present, integrates the same polynomial model of
-    the divergence (Adams–Bashforth on a variable grid), e.g. for ``order=2``
-    $a_1 = a_0 + h\,\mathrm{div}_0 + \tfrac{h^2}{2}\,
-    (\mathrm{div}_0 - \mathrm{div}_{-1})/(t_0 - t_{-1})$.
+    Start-up: an exponential Euler predictor to the first step's midpoint provides a
+    history point (``initial_evals = 2``), so the first step is a second-order 2S step
+    (a first-order start would cap the global order at 2, with an error the inflation
+    amplifies). After a jump the history is dropped. Any grid works (``StepTo``); there
+    is no error estimate, so adaptive controllers do not. The log-density accumulator
+    takes the matching Adams–Bashforth step on the variable grid.
 
     Args:
         order: 2 (default) or 3.
@@ -247,17 +218,10 @@ class ExponentialMultistep(_AbstractExponentialSolver):
             raise ValueError(f"order: expected 2 or 3; got {order!r}")
         self.method_order = int(order)
 
-    def order(self, terms):
-        return self.method_order
-
     def init(self, terms, t0, t1, y0, args):
-        # diffrax passes the end of the *first step* as t1. Start-up: an exponential
-        # Euler predictor to the first step's midpoint gives a history point there, so
-        # the first step is a second-order 2S step instead of a first-order one (which
-        # would cap the global order at 2, and whose error the flow amplifies).
+        # diffrax passes the end of the *first step* as t1; start-up as in the docstring.
         field, ta, h, v0, _, d0, _ = _start(terms, t0, t1, y0)
-        t_mid = ta + 0.5 * h
-        d_mid, div_mid = field.evaluate(t_mid, _propagate(field, ta, 0.5 * h, v0, d0, None))
+        t_mid, d_mid, div_mid = _midpoint(field, ta, h, v0, d0)
         # History, newest first: times, D's, divergences, and how many entries are valid
         # (the second entry, for order 3, is filled by the first step).
         hist = self.method_order - 1
@@ -294,53 +258,33 @@ class ExponentialMultistep(_AbstractExponentialSolver):
                 acc1 = acc1 + h**3 / 3.0 * dcurv
         y1 = _pack(v1, acc1)
         hist = self.method_order - 1
-        new_state = (
-            (ta, *ts[: hist - 1]),
-            (d0, *ds[: hist - 1]),
-            (div0, *divs[: hist - 1]),
-            jnp.minimum(n_hist + 1, hist),
-        )
-        return y1, None, dict(y0=y0, y1=y1), new_state, diffrax.RESULTS.successful
+        push = lambda new, old: (new, *old[: hist - 1])  # noqa: E731
+        state = (push(ta, ts), push(d0, ds), push(div0, divs), jnp.minimum(n_hist + 1, hist))
+        return y1, None, dict(y0=y0, y1=y1), state, diffrax.RESULTS.successful
 
 
 class ExponentialMidpoint(_AbstractExponentialSolver, diffrax.AbstractAdaptiveSolver):
     r"""Second-order single-step exponential integrator (2S, midpoint), adaptive.
 
-    A predictor takes an exponential Euler half step to $t_{1/2} = t_0 + h/2$, the
-    denoiser is evaluated there, and the line through $D_0$ and $D_{1/2}$ is
-    integrated exactly:
-
-    $$
-    w(t_1) = e^{x} w(t_0) - (e^{x} - 1) D_0 - h\, x\varphi_2(x)\,
-    \frac{D_{1/2} - D_0}{h/2}.
-    $$
-
-    Two evaluations per step. The last term is the difference from the exponential
-    Euler step and serves as the local error estimate, so this solver works with
-    ``diffrax.PIDController`` (the default controller an
-    `InflationaryFlow` builds for it) as well as with fixed grids.
-    The log-density accumulator, if present, uses the midpoint rule
-    $a_1 = a_0 + h\,\mathrm{div}_{1/2}$.
+    An exponential Euler predictor to $t_0 + h/2$ gives $D_{1/2}$, and the line through
+    $D_0$ and $D_{1/2}$ is integrated exactly. Two evaluations per step; the difference
+    from the exponential Euler step, $h\,x\varphi_2(x)\,D'$, is the local error
+    estimate, so this solver works with ``diffrax.PIDController`` (the default an
+    `InflationaryFlow` builds for it) as well as with fixed grids. The log-density
+    accumulator uses the midpoint rule $a_1 = a_0 + h\,\mathrm{div}_{1/2}$.
     """
 
     evals_per_step: ClassVar[int] = 2
-
-    def order(self, terms):
-        return 2
+    method_order: ClassVar[int] = 2
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
-        del solver_state, made_jump
         field, ta, h, v0, acc0, d0, div0 = _start(terms, t0, t1, y0)
-        v_mid = _propagate(field, ta, 0.5 * h, v0, d0, None)
-        d_mid, div_mid = field.evaluate(ta + 0.5 * h, v_mid)
+        _, d_mid, div_mid = _midpoint(field, ta, h, v0, d0)
         half = jnp.where(h == 0, 1.0, 0.5 * h)  # a zero-length step has a zero slope term
         slope = (d_mid - d0) / half
         v1 = _propagate(field, ta, h, v0, d0, slope)
         x = 0.5 * field.schedule.rates * h
         v_err = field.schedule.scale(ta + h) * h * _xphi(2, x) * slope
-        if acc0 is None:
-            y1, y_err = v1, v_err
-        else:
-            y1 = (v1, acc0 + h * div_mid)
-            y_err = (v_err, h * (div_mid - div0))
+        y1 = _pack(v1, None if acc0 is None else acc0 + h * div_mid)
+        y_err = _pack(v_err, None if acc0 is None else h * (div_mid - div0))
         return y1, y_err, dict(y0=y0, y1=y1), None, diffrax.RESULTS.successful

@@ -2,11 +2,11 @@ r"""Training learned denoisers: `init_flow` (the untrained flow of data), `train
 (the compiled loop over an optax optimiser) and `fit` (both, in one line).
 
 The loop minimises the denoising score-matching loss and returns an exponential
-moving average (EMA) of the weights, with a half-life ramped up from zero as in the
-toy training of de Albuquerque & Pearson (2024). Batches are drawn by a key folded
-with the step number, so a run is a pure function of its key and settings: it resumes
-from a checkpoint to the same result, and gives the same numbers (to float rounding)
-on one device or several (steps run in compiled chunks, sharded along the batch).
+moving average (EMA) of the weights, its half-life ramped up from zero as in
+de Albuquerque & Pearson (2024). Batches are drawn by a key folded with the step, so
+a run is a pure function of its key and settings: it resumes from a checkpoint to the
+same result, and gives the same numbers (to float rounding) on one device or several
+(steps run in compiled chunks, sharded along the batch).
 """
 
 from __future__ import annotations
@@ -75,11 +75,8 @@ class TrainingHistory:
 
     def to_dict(self) -> dict:
         """A JSON-serialisable dictionary."""
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        d.pop("raw_score")
-        d["loss"] = [float(v) for v in self.loss]
-        d["samples_seen"] = self.samples_seen
-        return d
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)[:-1]}  # no raw_score
+        return d | {"loss": [float(v) for v in self.loss], "samples_seen": self.samples_seen}
 
 
 class _State(eqx.Module):
@@ -133,9 +130,8 @@ def init_flow(x, keep=None, *, seed=0, network: dict | None = None, **schedule) 
             images), ``space`` (``"eigen"``/``"data"``) and hyperparameters
             (``width``, ``depth``, ...; see `numpyro_inflow.nets`).
         **schedule: keyword arguments of `InflationSchedule.from_data`; PR-reducing
-            flows default to ``inflation_gap=1``, not the authors' "orig" exponents
-            (``None``): with `fit`'s default budget it closed 98 % of the energy-distance
-            gap on circles with ``keep=1``, "orig" 69 % (its squeezed rate is 0 there).
+            flows default to ``inflation_gap=1`` rather than the paper's exponents
+            (``None``), which trained markedly worse at `fit`'s default budget.
 
     Returns:
         The `InflationaryFlow` (default solver settings; change them with ``replace``).
@@ -231,15 +227,13 @@ class _Loop:
         params = optax.apply_updates(st.params, updates)
         # EMA with half-life min(half_life, rampup * step): beta = 0.5 ** (1 / half-life)
         ramp = cfg["ema_rampup"] * (st.step + 1).astype(loss.dtype)
-        half_life = jnp.minimum(cfg["ema_half_life"], ramp)
-        beta = jnp.where(half_life > 0, 0.5 ** (1.0 / jnp.maximum(half_life, 1e-8)), 0.0)
+        beta = 0.5 ** (1.0 / jnp.minimum(cfg["ema_half_life"], ramp))
         ema = jax.tree.map(lambda e, p: beta * e + (1 - beta) * p, st.ema, params)
         active = (st.step < cfg["steps"]) & ~st.failed
         ok = active & finite
         new = _State(params, ema, opt_state, st.step + 1, st.failed)
         st = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, st)
-        st = eqx.tree_at(lambda s: s.failed, st, st.failed | (active & ~finite))
-        return st, (loss, ok)
+        return eqx.tree_at(lambda s: s.failed, st, st.failed | (active & ~finite)), (loss, ok)
 
     def run_chunk(self, state: _State, sch, data, key):
         step = lambda st, _: self._step(st, sch, data, key)  # noqa: E731
@@ -261,9 +255,8 @@ class _Loop:
         steps, every, done = self.cfg["steps"], getattr(self.checkpoints, "every", 0) or 0, h.steps
         last_val = (h.val_loss or [None])[-1]
         crossed = lambda n: n and h.steps // n > done // n  # noqa: E731 (a multiple of n passed)
-        with tqdm(
-            total=steps, initial=done, disable=not progress, unit="step", desc="train"
-        ) as bar:
+        bar = tqdm(total=steps, initial=done, disable=not progress, unit="step", desc="train")
+        with bar:
             while done < steps:
                 t0 = time.perf_counter()
                 state, (loss, ok) = chunk_jit(state, *args)
@@ -352,8 +345,7 @@ def train_flow(
     Every floating-point array of ``flow.score`` is trained (the weights of a
     `LearnedDenoiser`); the schedule stays fixed. Each step draws a batch with
     replacement, times $t \sim U[t_{min}, T]$ and noise, and applies ``optimiser`` to
-    the gradient of `denoising_loss`. A non-finite loss or gradient stops training and
-    keeps the last good state.
+    the gradient of `denoising_loss`.
 
     Args:
         flow: the flow to train, e.g. from `init_flow`.
@@ -365,9 +357,8 @@ def train_flow(
             ``jax.random.split(key, 3)`` (the first is `init_flow`'s).
         validation: held-out data ``(M, D)`` for the validation loss, or ``None``.
         t_min: smallest training time.
-        ema_half_life: half-life of the weight average in steps (default
-            ``steps / 20``), ramped up as ``min(ema_half_life, ema_rampup * step)``.
-        ema_rampup: see ``ema_half_life``.
+        ema_half_life: half-life of the weight average in steps (default ``steps / 20``).
+        ema_rampup: the half-life used at a step is ``min(ema_half_life, ema_rampup * step)``.
         eval_every: steps between validation losses (default ``steps / 20``, rounded
             to whole compiled chunks).
         devices: devices to shard the batch over (default: all visible devices).
@@ -378,15 +369,17 @@ def train_flow(
             if the optimiser state holds it); returning ``False`` stops training.
         settings: JSON-serialisable description of anything else that determines the
             run, such as the optimiser's hyperparameters (an optax optimiser cannot be
-            fingerprinted itself); kept in the history and checkpoints, and a resumed
-            run must match it.
+            fingerprinted); kept in the history and checkpoints; a resumed run must match.
 
     Returns:
         ``(flow, history)``: the flow with the EMA weights, and the `TrainingHistory`.
 
     Raises:
-        ValueError: for bad data or settings, or a checkpoint of another run (a
-            ``RuntimeWarning`` says when a non-finite loss stops training).
+        ValueError: for bad data or settings, or a checkpoint of another run.
+
+    Warns:
+        RuntimeWarning: when a non-finite loss or gradient stops training (the last good
+            state is kept).
 
     Examples:
         >>> import jax, numpy as np
@@ -419,20 +412,18 @@ def train_flow(
     params, static = eqx.partition(flow.score, eqx.is_inexact_array)
     loop = _Loop(optimiser, static, cfg, chunk, batched, eval_every, checkpoints)
     fp = fingerprint((x, validation, flow.schedule, params), cfg)
-    history = TrainingHistory([], [], [], 0, batch_size, 0.0, None, cfg)
     zero = jnp.zeros((), jnp.int32)
     state = _State(params, params, optimiser.init(params), zero, zero.astype(bool))
+    meta = dict(loss=[], val_step=[], val_loss=[], step=0)
     if checkpoints and (restored := checkpoints.restore(state, fp)):
         state, meta = restored
-        for name in ("loss", "val_step", "val_loss"):
-            setattr(history, name, meta[name])
-        history.steps = meta["step"]
+    h = [meta[k] for k in ("loss", "val_step", "val_loss", "step")]
+    history = TrainingHistory(*h, batch_size, 0.0, None, cfg)
     sch, (_, k_train, k_val) = flow.schedule, jax.random.split(key, 3)
     if validation is not None:
         validation = _validation_draws(sch, validation, k_val, cfg["t_min"], n_dev, batched)
-    data = jax.device_put(sch.to_eigen(x).astype(x.dtype), replicated)
-    args, t0 = (jax.device_put(sch, replicated), data, k_train), time.perf_counter()
-    state = jax.device_put(state, replicated)
+    state, args = jax.device_put((state, (sch, sch.to_eigen(x).astype(x.dtype))), replicated)
+    args, t0 = (*args, k_train), time.perf_counter()
     state = jax.device_get(loop.run(state, args, validation, history, fp, progress, callback))
     history.loss, history.raw_score = np.asarray(history.loss, x.dtype), loop.score(state.params)
     history.wall_time = time.perf_counter() - t0
@@ -458,7 +449,6 @@ def fit(
     `init_flow` and `train_flow` on the rest. The defaults (a residual MLP of width 128
     and depth 3, 20,000 steps of 512, Adam at 2e-3 with 5 % warm-up and cosine decay)
     train the paper's 2-3 dimensional toy sets in a few minutes on two CPU cores.
-    `fit_with_history` takes the same arguments and also returns the `TrainingHistory`.
 
     Args:
         x: data ``(N, D)``, floating point and finite.
@@ -467,24 +457,21 @@ def fit(
         steps: optimisation steps.
         batch_size: examples per step (all devices together).
         seed: seed of everything random (initialisation, split, batches, noise).
-        schedule: keyword arguments of `InflationSchedule.from_data`
-            (``inflation_gap``, ``rho``, ``gamma0``, ``t_end``, ...; see `init_flow`).
-        network: architecture and hyperparameters (see `init_flow`), e.g.
-            ``dict(width=64, depth=2)``.
+        schedule: keyword arguments of `InflationSchedule.from_data` (see `init_flow`).
+        network: architecture and hyperparameters, e.g. ``dict(width=64, depth=2)``
+            (see `init_flow`).
         optimiser: keyword arguments of `adam_warmup_cosine` (``learning_rate``,
             ``warmup_steps``, ``final_lr_fraction``, ``grad_clip``), or an optax
             optimiser (not part of the fingerprint that a resumed run must match).
         validation_fraction: share of ``x`` held out for the validation loss (0: none).
-        **train_options: keyword arguments of `train_flow`: ``progress``,
-            ``checkpoints``, ``callback``, ``devices``, ``eval_every``,
-            ``ema_half_life``, ``ema_rampup``, ``t_min``.
+        **train_options: keyword arguments of `train_flow` (``progress``, ``checkpoints``,
+            ``callback``, ``devices``, ``eval_every``, ``ema_half_life``, ...).
 
     Returns:
         The `InflationaryFlow` with the EMA denoiser (default solver settings).
 
     Raises:
-        ValueError: for bad data, too few samples, a setting out of range, or a
-            checkpoint of another run.
+        ValueError: for bad data, a setting out of range, or a checkpoint of another run.
 
     Warns:
         RuntimeWarning: when a non-finite loss stops training (the last good state is kept).
@@ -503,6 +490,9 @@ def fit(
 
 def fit_with_history(*args, **kwargs) -> tuple[InflationaryFlow, TrainingHistory]:
     """`fit` (with the same arguments), also returning the `TrainingHistory`.
+
+    Returns:
+        ``(flow, history)``.
 
     Examples:
         >>> import numpy as np
