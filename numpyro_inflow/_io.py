@@ -1,10 +1,8 @@
 """Atomic writes: the one place where the package puts files on disk.
 
-Everything the package writes (saved flows, training checkpoints, CLI outputs,
-benchmark results) goes through `atomic_directory` or `atomic_file`: the result
-appears complete at its final path or not at all, with the permissions the user's
-umask gives (not the ``0o600``/``0o700`` of ``tempfile``), and nothing already at the
-path is replaced unless ``overwrite=True``.
+Everything the package writes goes through `atomic_directory` or `atomic_file`: the
+result appears complete or not at all, with the user's umask permissions (not those of
+``tempfile``), and nothing at the path is replaced unless ``overwrite=True``.
 """
 
 from __future__ import annotations

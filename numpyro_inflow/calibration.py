@@ -2,11 +2,8 @@
 
 SBC (Talts et al. 2018, arXiv 1804.06788) draws $\\theta^\\star \\sim p(\\theta)$ and
 $y \\sim p(y | \\theta^\\star)$, fits $p(\\theta | y)$ with the sampler under test and
-records the rank of $\\theta^\\star$ among nearly independent posterior draws. For an
-exact sampler every rank is uniform, for every latent and derived quantity
-$f(\\theta)$: a U-shaped rank histogram means over-confident posteriors, a hump
-under-confident ones, a slope a bias. One per-simulation sampler is compiled once and
-``jax.vmap``-ed over batches of simulations.
+ranks $\\theta^\\star$ among nearly independent posterior draws: uniform ranks for an exact
+sampler; a U-shaped histogram means over-confidence, a hump under-confidence, a slope bias.
 """
 
 from __future__ import annotations
@@ -79,11 +76,9 @@ class SBCResult:
 
     Attributes:
         quantities: names of the scalar quantities checked (``"theta[0]"``, derived names).
-        ranks: ``{quantity: (num_simulations,)}`` integer rank of the truth among the
-            ``num_draws`` thinned posterior draws (0 to ``num_draws``).
+        ranks: ``{quantity: (num_simulations,)}`` rank of the truth among the thinned draws.
         num_draws: ``(num_simulations,)`` number of thinned draws per simulation.
-        pit: ``{quantity: (num_simulations,)}`` randomised PIT values
-            ``(rank + U) / (num_draws + 1)``, exactly uniform on (0, 1) under calibration.
+        pit: ``{quantity: (num_simulations,)}`` randomised PIT ``(rank + U) / (num_draws + 1)``.
         truths: ``{quantity: (num_simulations,)}`` the simulated true values.
         pvalues: ``{quantity: p}`` raw p-values of the chosen uniformity test.
         pvalues_ks, pvalues_chi2: raw p-values of both tests, for reference.
@@ -151,8 +146,7 @@ class SBCResult:
     def to_datatree(self):
         """ArviZ DataTree with the PIT values in group ``prior_sbc`` (and truths in ``prior``).
 
-        Each quantity is a variable with dims ``(chain=1, draw=num_simulations)``, the
-        layout `arviz_plots.plot_ecdf_pit` reads.
+        Each quantity has dims ``(chain=1, draw=num_simulations)``, as `plot_ecdf_pit` reads.
         """
         from arviz_base import from_dict
 
@@ -195,9 +189,8 @@ class SBCResult:
     def plot_ecdf(self, var_names=None, method: str = "pot_c", **kwargs):
         """PIT-ECDF difference plots with ArviZ's uniformity test (`arviz_plots.plot_ecdf_pit`).
 
-        The default ``method="pot_c"`` (ArviZ's recommendation) marks the points that drive
-        a departure from uniformity and prints its p-value per panel; ``"envelope"`` draws
-        the simultaneous band of Säilynoja et al. 2022.
+        ``"pot_c"`` marks the points that drive a departure from uniformity and prints its
+        p-value; ``"envelope"`` draws the simultaneous band of Säilynoja et al. 2022.
 
         Args:
             var_names: quantities to plot (default all).
@@ -262,37 +255,29 @@ def sbc(
 ) -> SBCResult:
     """Simulation-based calibration of ``kernel`` on ``model``.
 
-    ``model`` is the generative model: called with ``model_args``/``model_kwargs`` and
-    no data, it samples the latents and the ``observed`` sites, which each fit fixes
-    with `numpyro.handlers.condition`, so any NumPyro model works unchanged.
-
-    Per simulation, all chains are pooled and thinned by
-    $k = \\lceil C N / \\widehat{\\mathrm{ESS}}_{\\min} \\rceil$ (NumPyro's bulk ESS,
-    smallest over all quantities), so the ranks are over nearly independent draws; they
-    become randomised PIT values ``(rank + U) / (L + 1)``, uniform under calibration
-    whatever ``L``. Each quantity gets a KS (default) or chi-square test; the verdict
-    uses Holm's correction at family-wise level ``alpha``.
+    ``model`` samples the latents and the ``observed`` sites, which each fit fixes with
+    `numpyro.handlers.condition`, so any NumPyro model works unchanged. The $C$ chains of
+    $N$ draws are pooled and thinned by $\\lceil C N / \\widehat{\\mathrm{ESS}}_{\\min} \\rceil$
+    (NumPyro's bulk ESS) to nearly independent draws, whose ranks become randomised PIT
+    values; each quantity gets a KS or chi-square test, with Holm's correction at ``alpha``.
 
     Args:
         model: a NumPyro model.
         rng_key: JAX PRNG key.
         observed: name(s) of the data sites.
         num_simulations: number of simulated data sets.
-        kernel: a callable ``model -> MCMCKernel`` such as `numpyro.infer.NUTS` (the
-            default), `numpyro_inflow.MALA` or a ``functools.partial`` of one.
+        kernel: a callable ``model -> MCMCKernel`` (default `numpyro.infer.NUTS`).
         num_warmup: warm-up iterations per chain.
         num_samples: post-warm-up iterations per chain.
         num_chains: chains per simulation.
         derived: ``{name: f}`` with ``f(values) -> array`` applied to one draw (a dict of
             constrained latents and deterministic sites) and to the truth.
-        fit_model: the model conditioned and fitted (default ``model``); another one, with
-            the same latent sites, checks an approximate or misspecified model.
+        fit_model: the model fitted (default ``model``; one with the same latent sites).
         model_args: positional arguments of the model.
         model_kwargs: keyword arguments of the model.
         batch_size: simulations per vectorised call (``jax.vmap``, compiled once).
         alpha: family-wise significance level of the verdict.
-        test: ``"ks"`` (Kolmogorov-Smirnov on PIT values) or ``"chi2"`` (chi-square on
-            ``bins`` equal bins).
+        test: ``"ks"`` (Kolmogorov-Smirnov) or ``"chi2"`` (chi-square on ``bins`` bins).
         bins: number of bins (default ``max(5, min(20, num_simulations // 10))``).
         progress_bar: show a tqdm bar over simulations.
 
@@ -357,10 +342,7 @@ def _check_arguments(num_warmup, test, alpha, kernel, *positive) -> None:
 
 
 def _run_fits(fit, key, data, batch_size, progress_bar):
-    """Run ``fit`` (vectorised, compiled once) batch after batch over the simulations.
-
-    Returns the draws ``{site: (S, chains, draws, ...)}`` and the wall time.
-    """
+    """Draws ``{site: (S, chains, draws, ...)}`` of ``fit`` in batches, and the wall time."""
     from tqdm.auto import tqdm
 
     num_simulations = len(next(iter(data.values())))

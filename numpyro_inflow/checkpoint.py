@@ -1,9 +1,7 @@
 """Training checkpoints: a folder of ``step_XXXXXXXXX`` snapshots, each written atomically.
 
-A snapshot is the training state as ``state.eqx`` (`equinox.tree_serialise_leaves`)
-and a ``meta.json`` with the run's fingerprint and history. A run is a pure function
-of its data and settings, so resuming from a snapshot with the same fingerprint ends
-exactly like an uninterrupted run; a snapshot of another run is refused.
+A snapshot is the training state as ``state.eqx`` (`equinox.tree_serialise_leaves`) and a
+``meta.json`` with the run's fingerprint and history; a snapshot of another run is refused.
 """
 
 from __future__ import annotations
@@ -46,10 +44,9 @@ class Checkpoints:
         directory: the folder of ``step_XXXXXXXXX`` snapshots (created when needed).
         every: steps between snapshots (``None``: only when training ends or stops).
         keep: how many of the most recent snapshots to keep.
-        resume: ``True`` to continue from the latest snapshot in ``directory`` (or
-            start afresh if there is none), or the path of a snapshot (or of a folder
-            of them) to continue from. The data and every setting that affects the
-            result must be those of the run that wrote it.
+        resume: ``True`` to continue from the latest snapshot in ``directory`` (if any),
+            or the path of a snapshot (or of a folder of them). The data and settings
+            must be those of the run that wrote it.
 
     Raises:
         ValueError: for ``every`` or ``keep`` below 1.

@@ -1,13 +1,9 @@
 """Empirical coverage of posterior credible regions from samples and true values.
 
-``samples`` of shape ``(S, N, ...)`` hold ``N`` posterior draws for each of ``S``
-simulated data sets, ``truths`` of shape ``(S, ...)`` the true values.
-`central_coverage` (equal-tailed intervals per scalar) and `hdr_coverage`
-(highest-density regions of the joint posterior, exact given the log density, else from
-a Gaussian kernel density estimate) return pandas tables of empirical against nominal
-coverage with exact binomial intervals and tests, drawn by `plot_coverage`. `tarp` is
-the distance-to-random-point test of Lemos et al. 2023 (arXiv 2302.03026), a necessary
-and sufficient coverage check for multivariate targets.
+``samples`` ``(S, N, ...)`` hold ``N`` posterior draws for each of ``S`` simulated data
+sets, ``truths`` ``(S, ...)`` the true values. `central_coverage` and `hdr_coverage` return
+tables of empirical against nominal coverage with exact binomial tests (drawn by
+`plot_coverage`); `tarp` is the test of Lemos et al. 2023 (arXiv 2302.03026).
 """
 
 from __future__ import annotations
@@ -30,11 +26,8 @@ def _arrays(samples, truths) -> tuple[np.ndarray, np.ndarray, tuple]:
     t = np.asarray(truths, float)
     if s.ndim < 2:
         raise ValueError(f"samples: expected shape (S, N, ...); got shape {s.shape}")
-    if t.shape != (s.shape[0], *s.shape[2:]):
-        raise ValueError(
-            f"truths: expected shape {(s.shape[0], *s.shape[2:])} to match samples "
-            f"{s.shape}; got shape {t.shape}"
-        )
+    if t.shape != (want := (s.shape[0], *s.shape[2:])):
+        raise ValueError(f"truths: expected shape {want} to match samples {s.shape}; got {t.shape}")
     return s.reshape(*s.shape[:2], -1), t.reshape(t.shape[0], -1), t.shape[1:]
 
 
@@ -46,12 +39,10 @@ def _levels(levels) -> np.ndarray:
 
 
 def _binomial_columns(hits: np.ndarray, n: np.ndarray, level: np.ndarray):
-    """95% Clopper-Pearson interval and exact two-sided binomial p-value, per row.
+    """``scipy.stats.binomtest``'s 95% ``proportion_ci`` and ``pvalue``, per row, vectorised.
 
-    ``scipy.stats.binomtest(k, n, p)``'s ``proportion_ci(0.95)`` and ``pvalue``,
-    vectorised: the interval in its beta-quantile closed form (scipy root-finds it, about
-    10 ms a row), the p-value as the probability of the outcomes no more likely than
-    ``k`` (scipy's relative tolerance 1e-7).
+    The interval in beta-quantile closed form (scipy root-finds it, ~10 ms a row); the
+    p-value sums the outcomes no more likely than ``k`` (scipy's relative tolerance 1e-7).
     """
     k, n = hits.astype(float), n.astype(float)
     lower = np.where(k > 0, stats.beta.ppf(0.025, np.maximum(k, 1), n - k + 1), 0.0)
@@ -109,10 +100,7 @@ def central_coverage(samples, truths, levels=DEFAULT_LEVELS, *, alpha: float = 0
 
 
 def _kde_logpdf(points: np.ndarray, query: np.ndarray) -> np.ndarray:
-    """Gaussian KDE (Scott bandwidth, sample covariance) of ``points`` (N, d) at ``query``.
-
-    Same estimator as `scipy.stats.gaussian_kde`, vectorised for small N.
-    """
+    """`scipy.stats.gaussian_kde` of ``points`` (N, d) at ``query``, vectorised for small N."""
     n, d = points.shape
     cov = np.atleast_2d(np.cov(points, rowvar=False)) * n ** (-2.0 / (d + 4))
     chol = np.linalg.cholesky(cov + 1e-12 * np.trace(cov) / d * np.eye(d))
@@ -135,11 +123,8 @@ def hdr_coverage(
     """Coverage of highest-density regions (HDR) of the joint posterior.
 
     The truth lies in the level-$\\ell$ HDR when its posterior density exceeds the
-    $(1-\\ell)$ quantile of the density at the posterior draws. Pass the exact
-    log densities (for example from ``flow.log_prob`` or a conjugate posterior) for an
-    exact check; otherwise a Gaussian KDE of each simulation's draws is used, whose
-    smoothing slightly inflates the regions (a few percent for ~1000 draws in low
-    dimension).
+    $(1-\\ell)$ quantile of the density at the draws. Without exact log densities, a
+    Gaussian KDE of the draws is used, whose smoothing slightly inflates the regions.
 
     Args:
         samples: ``(S, N, ...)`` posterior draws (event dims are treated jointly).
@@ -265,12 +250,9 @@ def tarp(
 ) -> TARPResult:
     """TARP coverage test for multivariate posteriors (Lemos et al. 2023).
 
-    For simulation $i$ with a reference point $r_i$ drawn independently of
-    the truth, $f_i$ is the fraction of posterior draws closer to $r_i$ than
-    the truth $\\theta^\\star_i$ is (Euclidean distance after standardising each
-    coordinate by the truths' mean and standard deviation). Under calibration the
-    truth is exchangeable with the draws, so $f_i$ is uniform and the expected
-    coverage $\\mathrm{ECP}(\\alpha) = \\Pr(f < \\alpha)$ is the diagonal.
+    $f_i$ is the fraction of posterior draws closer than the truth $\\theta^\\star_i$ to a
+    reference point $r_i$ drawn independently of it (after standardising by the truths'
+    mean and deviation): uniform under calibration, so $\\Pr(f < \\alpha)$ is the diagonal.
 
     Args:
         samples: ``(S, N, ...)`` posterior draws.

@@ -15,12 +15,9 @@ name           D    recipe (de Albuquerque & Pearson 2024, appendix C)
                     pixels mapped from ``0..16`` to ``[-1, 1]`` by $p/8 - 1$
 =============  ===  ==========================================================
 
-"z-scored": each column standardised with the sample's own mean and standard deviation
-(``ddof=0``), as in the authors' code; the toy sets are deterministic for a seed. The
-digits are not z-scored (some border pixels are zero in every image; the schedule floors
-their zero eigenvalues); ``n`` and ``seed`` pick a random subset in random order.
-
-User data: a path ending in ``.npy``, ``.npz`` or ``.csv`` (see `load_file`).
+"z-scored": each column standardised with the sample's mean and standard deviation
+(``ddof=0``), as in the authors' code. User data: a ``.npy``, ``.npz`` or ``.csv`` path
+(see `load_file`).
 """
 
 from __future__ import annotations
@@ -48,7 +45,7 @@ _SKLEARN = {  # name: (sklearn generator, its options)
 def names() -> tuple[str, ...]:
     """The built-in data set names, in a fixed order.
 
-    Example:
+    Examples:
         >>> names()
         ('circles', 'moons', 'sine', 's_curve', 'swirl', 'digits')
     """
@@ -99,20 +96,18 @@ def load(name, n: int | None = None, seed: int = 0, *, key: str | None = None) -
     Args:
         name: One of `NAMES` (see the module docstring), or a path ending in ``.npy``,
             ``.npz`` or ``.csv`` (a `Path` is always read as a file).
-        n: Number of points. Toy sets: points drawn (default 2000; at least 2 so
-            the data can be z-scored). Digits and files: size of a random subset
-            without replacement (default: all rows; for digits shuffled).
-        seed: Seed of the draw or of the subset; the same seed gives the same array.
+        n: Number of points. Toy sets: points drawn (default 2000, at least 2). Digits
+            and files: size of a random subset (default: all rows; digits shuffled).
+        seed: Seed of the draw or of the subset.
         key: Array name inside an ``.npz`` file holding several arrays.
 
     Returns:
         A ``float32`` array ``(N, D)``.
 
     Raises:
-        ValueError: For an unknown name (the message lists the known ones), a bad
-            ``n`` or ``seed``, or a file problem (see `load_file`).
+        ValueError: For an unknown name, a bad ``n`` or ``seed``, or a file problem.
 
-    Example:
+    Examples:
         >>> x = load("moons", n=500, seed=1)
         >>> x.shape, x.dtype
         ((500, 2), dtype('float32'))
@@ -145,12 +140,9 @@ def load(name, n: int | None = None, seed: int = 0, *, key: str | None = None) -
 def load_file(path, key: str | None = None) -> np.ndarray:
     """Read user data ``(N, D)`` from a ``.npy``, ``.npz`` or ``.csv`` file.
 
-    * ``.npy``: one array.
-    * ``.npz``: the only array it holds, or the one named ``key``.
-    * ``.csv``: comma-separated numbers, one point per line; an optional first line
-      of column names (no numbers at all) is skipped.
-
-    Integer data are converted to ``float32``; no scaling is applied.
+    An ``.npz`` file's only array or the one named ``key``; a ``.csv`` file of
+    comma-separated numbers, one point per line, after an optional header line. Integer
+    data are converted to ``float32``; no scaling is applied.
 
     Args:
         path: The file.
@@ -160,8 +152,7 @@ def load_file(path, key: str | None = None) -> np.ndarray:
         A ``float32`` array ``(N, D)`` with ``N >= 1``.
 
     Raises:
-        ValueError: Naming the problem (missing, unreadable or unsupported file, ``.npz``
-            key, CSV cell with its line and column, shape, dtype, rows with NaN/inf).
+        ValueError: Naming the problem (file, ``.npz`` key, CSV cell, shape, dtype, NaN/inf).
     """
     p = Path(path)
     suffix = p.suffix.lower()

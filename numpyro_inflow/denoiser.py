@@ -1,8 +1,7 @@
 r"""Learned denoisers: EDM-style preconditioning per eigen-direction, and the DSM loss.
 
-In eigen coordinates, with data variance $\lambda_i$ and noise variance
-$\gamma_i(t)$ per direction (the generalisation of EDM by de Albuquerque &
-Pearson 2024, section 3 and appendix B):
+Per eigen-direction, with data variance $\lambda_i$ and noise variance $\gamma_i(t)$
+(EDM generalised by de Albuquerque & Pearson 2024, section 3 and appendix B):
 
 $$
 c_{in} = \frac{1}{\sqrt{\lambda + \gamma}},\quad
@@ -11,16 +10,11 @@ c_{out} = \sqrt{\frac{\lambda\gamma}{\lambda + \gamma}},\quad
 D(w, t) = c_{skip}\, w + c_{out}\, F_\theta(c_{in} w, c_{noise}(t)).
 $$
 
-$c_{skip} w$ is the Wiener filter (exact for Gaussian data) and $c_{out}^2$ its
-posterior variance, so the target $(u_0 - c_{skip} w)/c_{out}$ has unit variance at
-every noise level (for Gaussian data the optimum is $F = 0$, loss 1 per direction).
-
-Noise label: $c_{noise} = t / T_{ref}$ (``T_ref`` is the schedule's end time at
-construction). Because $\log\sigma_i(t) = \tfrac12\log\gamma_{0} + \tfrac12 r_i t$
-is affine in ``t``, this is an affine function of every direction's log noise level,
-normalised to ``[0, 1]`` so that the fixed-frequency embedding of
-`numpyro_inflow.nets` resolves it smoothly (the authors use ``999 t`` with random
-frequencies); a denoiser smooth in ``t`` is also cheaper for the adaptive ODE solver.
+$c_{skip} w$ is the Wiener filter and $c_{out}^2$ its posterior variance, so the target
+$(u_0 - c_{skip} w)/c_{out}$ has unit variance (for Gaussian data the optimum is $F = 0$).
+The noise label $c_{noise} = t / T_{ref}$ is affine in every direction's log noise level
+and lies in ``[0, 1]``, where the fixed-frequency embedding of `numpyro_inflow.nets`
+resolves it smoothly.
 """
 
 from __future__ import annotations
@@ -74,8 +68,7 @@ def denoising_loss_terms(
         schedule: the schedule.
         u0: clean eigen coordinates ``(B, D)``.
         t: times ``(B,)``.
-        eps: standard normal draws ``(B, D)``; the noise is
-            $n = \sqrt{\gamma(t)}\,\epsilon$.
+        eps: standard normal draws ``(B, D)``; the noise is $\sqrt{\gamma(t)}\,\epsilon$.
 
     Returns:
         Losses ``(B,)``.
@@ -100,8 +93,7 @@ def denoising_loss(
     r"""Denoising score-matching loss, averaged over a batch.
 
     Draws $t \sim U[t_{min}, T]$ and $n \sim N(0, \operatorname{diag}\gamma(t))$ per
-    example and returns the batch mean of `denoising_loss_terms` (at least ``D`` for
-    Gaussian data, reached by the Wiener filter).
+    example: the batch mean of `denoising_loss_terms` (at least ``D`` for Gaussian data).
 
     Args:
         score: the denoiser.
@@ -143,18 +135,15 @@ def _init_params(net: nn.Module, key: jax.Array | None = None):
 class LearnedDenoiser(AbstractScore):
     r"""A trained denoiser $D(w,t) = c_{skip} w + c_{out} F_\theta(c_{in} w, c_{noise})$.
 
-    Its array leaves are the network weights (``params``) and the flax module is static,
-    so it plugs into `InflationaryFlow` where an oracle score does; `config` and
-    `from_config` rebuild a skeleton for ``eqx.tree_deserialise_leaves``. Build one with
-    `init`; `numpyro_inflow.fit` trains it.
+    Array leaves are the weights, the flax module is static. Build one with `init`;
+    `numpyro_inflow.fit` trains it; `config` and `from_config` rebuild a skeleton.
 
     Attributes:
         params: the flax parameter pytree.
         network: the flax module (static).
         architecture: ``"mlp"`` or ``"unet"``.
-        space: ``"eigen"`` (the network sees eigen coordinates; default for vectors)
-            or ``"data"`` (inputs rotated to data space and outputs rotated back; for
-            convolutional networks on images).
+        space: ``"eigen"`` (the network sees eigen coordinates) or ``"data"`` (rotated
+            to data space and back; for convolutional networks on images).
         t_ref: the time mapped to ``c_noise = 1`` (the schedule's end time at training).
     """
 
@@ -206,7 +195,7 @@ class LearnedDenoiser(AbstractScore):
         Raises:
             ValueError: for unknown architectures, spaces or hyperparameters.
 
-        Example:
+        Examples:
             >>> import jax
             >>> den = LearnedDenoiser.init(jax.random.key(0), 2, t_ref=10.0, width=16, depth=1)
             >>> den.dim
@@ -249,7 +238,7 @@ class LearnedDenoiser(AbstractScore):
 
     @classmethod
     def from_config(cls, config: dict) -> LearnedDenoiser:
-        """A skeleton from `config`: the weights are ``jax.ShapeDtypeStruct`` (no memory).
+        """A skeleton from `config` with ``jax.ShapeDtypeStruct`` weights (no memory).
 
         Fill it with ``eqx.tree_deserialise_leaves(path, skeleton)``.
 
@@ -268,7 +257,6 @@ class LearnedDenoiser(AbstractScore):
             )
         hp, arch = config["hyperparameters"], config["architecture"]
         net = _network(arch, int(config["dim"]), config["dtype"], hp, "config")
-        # Traced for shapes only: no weights are computed.
         return eqx.filter_eval_shape(
             lambda: cls(_init_params(net), net, arch, config["space"], config["t_ref"])
         )

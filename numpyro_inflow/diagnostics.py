@@ -24,9 +24,8 @@ class Diagnosis:
     """Result of `diagnose`.
 
     Attributes:
-        table: per-parameter DataFrame (``mean, sd, ess_bulk, ess_tail, r_hat``) followed
-            by the sampler columns ``divergences, accept_prob, step_size`` (run totals or
-            means over chains, repeated on every row so that one table says it all).
+        table: per-parameter DataFrame (``mean, sd, ess_bulk, ess_tail, r_hat``) and the
+            run's ``divergences, accept_prob, step_size`` repeated on every row.
         chains: per-chain DataFrame of ``divergences, accept_prob, step_size``.
         problems: human-readable list of crossed thresholds (empty when all is well).
     """
@@ -60,13 +59,10 @@ def diagnose(
 ) -> Diagnosis:
     """R-hat, bulk/tail ESS, divergences, acceptance and step size in one table.
 
-    Works for `numpyro.infer.MCMC` runs with any kernel (NUTS, HMC,
-    `numpyro_inflow.MALA`, `numpyro_inflow.ULA`) and for ArviZ
-    DataTrees. Acceptance and step size come from the ``sample_stats`` group when they
-    were collected (``extra_fields=("accept_prob", ...)``), else from the last state.
-
-    Thresholds (Vehtari et al. 2021): R-hat below ``rhat_max`` and bulk and tail ESS at
-    least ``ess_min_per_chain`` times the number of chains; no divergences.
+    For `numpyro.infer.MCMC` runs with any kernel and for ArviZ DataTrees. Acceptance and
+    step size come from ``sample_stats`` when collected, else from the last state.
+    Thresholds (Vehtari et al. 2021): R-hat below ``rhat_max``, bulk and tail ESS at
+    least ``ess_min_per_chain`` times the number of chains, no divergences.
 
     Args:
         mcmc: a finished `numpyro.infer.MCMC` or an ArviZ DataTree.

@@ -1,11 +1,7 @@
 r"""Reference answers and scores for checking flows and posteriors.
 
-Shared by the tests, the demo, the examples and the benchmarks, so that each number
-means the same thing everywhere: `GaussianMixture` (closed-form density, moments, draws
-and linear-Gaussian posterior of a mixture; with `GaussianMixture.of_flow`, the exact
-density of an oracle flow), `energy_distance` (the unbiased U-statistic), `psnr`, the
-inpainting masks `block_mask` and `random_mask`, and `LatentMixtureProblem` (the
-hierarchical model of de Albuquerque & Pearson 2024, sec. 5).
+Shared by tests, demo, examples and benchmarks: `GaussianMixture` (closed forms, also of
+oracle flows), `energy_distance`, `psnr`, `block_mask`/`random_mask`, `LatentMixtureProblem`.
 """
 
 from __future__ import annotations
@@ -40,10 +36,7 @@ def _gaussian_logpdf(x: np.ndarray, mean: np.ndarray, cov: np.ndarray) -> np.nda
 
 
 class GaussianMixture(NamedTuple):
-    r"""A Gaussian mixture $\sum_m \pi_m N(m_m, S_m)$ in float64 NumPy.
-
-    The reference for oracle flows and their posteriors: every method is a closed
-    form computed in float64 whatever JAX's precision.
+    r"""A Gaussian mixture $\sum_m \pi_m N(m_m, S_m)$: closed forms in float64 NumPy.
 
     Attributes:
         weights: ``(M,)`` mixture weights, summing to one.
@@ -86,9 +79,8 @@ class GaussianMixture(NamedTuple):
     def of_flow(cls, flow) -> GaussianMixture:
         r"""The exact data-space density of an oracle flow (`GaussianMixtureScore`).
 
-        The flow starts at $t = 0$ with inflation $\gamma(0) > 0$, so its density is
-        the score's mixture convolved with $N(0, W \operatorname{diag}\gamma(0) W^\top)$:
-        component covariances $S_m + W \operatorname{diag}\gamma(0) W^\top$.
+        The flow starts at inflation $\gamma(0) > 0$: component covariances are
+        $S_m + W \operatorname{diag}\gamma(0) W^\top$.
 
         Args:
             flow: an `InflationaryFlow` whose score is a `GaussianMixtureScore`.
@@ -145,9 +137,8 @@ class GaussianMixture(NamedTuple):
     def condition(self, matrix, noise_std, y) -> GaussianMixture:
         r"""The posterior given $y = A x + n$, $n \sim N(0, \operatorname{diag}\sigma^2)$.
 
-        Each component updates as a Kalman step, $K = S A^\top (A S A^\top + R)^{-1}$,
-        mean $m + K (y - A m)$, covariance $S - K A S$, and its weight is multiplied
-        by the evidence $N(y; A m, A S A^\top + R)$ (then normalised).
+        Each component takes a Kalman step, $K = S A^\top (A S A^\top + R)^{-1}$, and its
+        weight is multiplied by the evidence $N(y; A m, A S A^\top + R)$.
 
         Args:
             matrix: ``(K, D)`` observation matrix $A$.
@@ -202,8 +193,7 @@ def _distance_sum(p: np.ndarray, q: np.ndarray) -> float:
 def energy_distance(a, b) -> float:
     r"""Energy distance $2 E\lVert X - Y\rVert - E\lVert X - X'\rVert - E\lVert Y - Y'\rVert$.
 
-    The unbiased U-statistic (Székely & Rizzo 2013): with $n$ draws $a_i$ and $m$
-    draws $b_j$,
+    The unbiased U-statistic (Székely & Rizzo 2013) of draws $a_1..a_n$, $b_1..b_m$:
 
     $$
     \hat E = \frac{2}{nm}\sum_{i,j}\lVert a_i - b_j\rVert
@@ -211,9 +201,8 @@ def energy_distance(a, b) -> float:
       - \frac{1}{m(m-1)}\sum_{j \ne j'}\lVert b_j - b_{j'}\rVert .
     $$
 
-    Zero on average (possibly slightly negative) for two samples of one law, and
-    comparable across sample sizes, unlike the upward-biased V-statistic. Computed in
-    float64, in chunks (memory independent of the sample sizes).
+    Zero on average (possibly negative) for two samples of one law, whatever their sizes;
+    computed in float64, in chunks.
 
     Args:
         a: ``(n, d)`` draws (``(n,)`` for ``d = 1``), ``n >= 2``.

@@ -1,8 +1,7 @@
 r"""The pfODE vector field and how one solve of it is configured and run.
 
-In eigen coordinates, with the scaled state $v = s(t)\,w$, the probability-flow ODE
-of an inflationary flow is semi-linear (de Albuquerque & Pearson 2024, the scaled
-pfODE of their appendix B):
+In eigen coordinates, with the scaled state $v = s(t)\,w$, the probability-flow ODE is
+semi-linear (de Albuquerque & Pearson 2024, appendix B):
 
 $$
 \frac{dv}{dt} = \Big(\frac{\dot s}{s} + \frac{r}{2}\Big) v
@@ -10,9 +9,8 @@ $$
 \qquad r_i = \rho(1 + g_i).
 $$
 
-`PFODEField` evaluates $D$ once per call: diffrax's solvers see the right-hand side,
-the exponential integrators of ``numpyro_inflow.solvers`` the denoiser value.
-`SolveConfig` holds the solver, step-size controller, adjoint and limits, and solves.
+`PFODEField` evaluates $D$ once per call; `SolveConfig` holds the solver, step-size
+controller, adjoint and limits, and solves.
 """
 
 from __future__ import annotations
@@ -36,11 +34,9 @@ __all__ = ["PFODEField", "SolveConfig", "SolveInfo"]
 class PFODEField(eqx.Module):
     r"""The pfODE vector field of a flow, as diffrax sees it (``ODETerm(PFODEField(...))``).
 
-    With ``probes=None`` the state is ``v``; otherwise it is ``(v, acc)``, where ``acc``
-    integrates the denoiser part of the divergence, $-\sum_i \tfrac{r_i}{2}\, \partial
-    D_i/\partial w_i$, exactly (``"exact"``) or by Hutchinson's estimator with probe
-    vectors ``(P, D)``. The linear part, $\sum_i(\dot s_i/s_i + r_i/2)$, integrates in
-    closed form and is left to the caller.
+    With ``probes=None`` the state is ``v``; otherwise ``(v, acc)``, where ``acc``
+    integrates the denoiser part of the divergence exactly (``"exact"``) or by Hutchinson's
+    estimator; the linear part integrates in closed form and is left to the caller.
 
     Attributes:
         schedule: the `InflationSchedule`.
@@ -61,8 +57,8 @@ class PFODEField(eqx.Module):
 
         Returns:
             ``(d, div)``: the denoiser value $D(v/s(t), t)$ (eigen coordinates) and the
-            denoiser part of the divergence, $-\sum_i \tfrac{r_i}{2}\,\partial D_i/\partial
-            w_i$ (``None`` when the field carries no log-det state).
+            divergence's denoiser part $-\sum_i \tfrac{r_i}{2}\,\partial D_i/\partial w_i$
+            (``None`` without a log-det state).
         """
         sch = self.schedule
         w = v / sch.scale(t)
@@ -88,7 +84,6 @@ class SolveInfo(NamedTuple):
 
     Attributes:
         success: ``True`` where the solve reached its end time with a finite state.
-            With ``throw=False`` the outputs of failed solves are NaN.
         num_steps: solver steps taken, accepted and rejected.
         nfe: denoiser (network) evaluations used by the solve.
     """
@@ -99,8 +94,7 @@ class SolveInfo(NamedTuple):
 
 
 def _nfe(solver, num_steps) -> jax.Array:
-    # Evaluations per step: declared by the solver (``evals_per_step``), else the stages of
-    # an explicit Runge-Kutta tableau less a first-same-as-last one, else 1 (Euler).
+    # Per step: the solver's evals_per_step, else a tableau's stages less FSAL, else 1.
     per_step = getattr(solver, "evals_per_step", None)
     tab = getattr(solver, "tableau", None)
     if per_step is None and tab is not None:
@@ -114,17 +108,15 @@ def _nfe(solver, num_steps) -> jax.Array:
 class SolveConfig(eqx.Module):
     r"""How a pfODE solve runs: diffrax solver, step-size controller, adjoint and limits.
 
-    Immutable and validated at construction. Array parts (a ``StepTo`` grid) are
-    pytree leaves and the rest (floats, the error norm) static, so a flow holding it
-    passes through ``jax.jit`` without retracing for new weights.
+    Array parts (a ``StepTo`` grid) are pytree leaves and the rest static, so a flow
+    holding it passes through ``jax.jit`` without retracing.
 
     Args:
         rtol: relative tolerance of the default adaptive step-size controller.
         atol: absolute tolerance of the default adaptive step-size controller.
         solver: a diffrax solver object (default ``diffrax.Tsit5()``).
         stepsize_controller: a diffrax step-size controller (default ``PIDController(rtol,
-            atol)`` for adaptive solvers, else ``ConstantStepSize()``); a ``StepTo`` grid
-            is walked backwards for solves that run backwards.
+            atol)`` for adaptive solvers, else ``ConstantStepSize()``).
         adjoint: a diffrax adjoint (default ``RecursiveCheckpointAdjoint()``).
         dt0: initial (adaptive) or fixed step size; ``None`` lets an adaptive controller
             choose, and means ``0.01`` (the authors' step) for ``ConstantStepSize``.

@@ -1,9 +1,7 @@
 r"""The inflationary flow: the probability-flow ODE of `PFODEField`, solved with diffrax.
 
-Encoding integrates the pfODE ``0 -> T`` and returns $z = v(T)/A_0$; decoding
-integrates back (de Albuquerque & Pearson 2024). The log-density comes from one
-augmented solve that carries the divergence of the denoiser term next to the state;
-the linear part of the divergence is integrated in closed form.
+Encoding integrates the pfODE ``0 -> T`` to $z = v(T)/A_0$, decoding back (de Albuquerque
+& Pearson 2024); the log-density is one solve augmented with the denoiser's divergence.
 """
 
 from __future__ import annotations
@@ -40,22 +38,19 @@ class InflationaryFlow(eqx.Module):
         atol: absolute tolerance of the default adaptive step-size controller.
         solver: a diffrax solver object (default ``diffrax.Tsit5()``).
         stepsize_controller: a diffrax step-size controller (default as in `SolveConfig`);
-            a ``StepTo`` grid runs from 0 to ``T`` and is walked backwards when decoding.
-        adjoint: a diffrax adjoint (default ``RecursiveCheckpointAdjoint()``, reverse
-            mode only: forward-mode differentiation, e.g. NumPyro's
-            ``forward_mode_differentiation=True``, needs ``diffrax.ForwardMode()`` and
-            otherwise raises a ``TypeError`` that says so).
+            a ``StepTo`` grid runs from 0 to ``T``.
+        adjoint: a diffrax adjoint (default ``RecursiveCheckpointAdjoint()``, reverse mode
+            only; forward mode needs ``diffrax.ForwardMode()``).
         dt0: initial (adaptive) or fixed step size (``None``: see `SolveConfig`).
         max_steps: step limit of one solve.
-        throw: raise when a solve fails (step limit reached, non-finite state); with
-            ``False`` failed outputs are NaN and ``*_with_info`` methods report ``success``.
+        throw: raise when a solve fails; with ``False`` failed outputs are NaN and
+            ``*_with_info`` methods report ``success``.
         trace: divergence estimator for `log_prob`: ``"exact"`` (Jacobian diagonal),
             ``"hutchinson"`` (needs a ``key``) or ``"auto"`` (exact up to D = 16).
         num_probes: Hutchinson probe vectors per point.
 
     Raises:
-        ValueError: for a score whose dimension differs from the schedule's, or options
-            out of range.
+        ValueError: for a score of another dimension than the schedule, or bad options.
 
     Examples:
         >>> import jax, jax.numpy as jnp
@@ -177,14 +172,12 @@ class InflationaryFlow(eqx.Module):
     def settings(self) -> dict:
         """The solve and log-density settings as plain JSON data (no schedule, no score).
 
-        Keys ``rtol, atol, solver, stepsize_controller, adjoint, dt0, max_steps, throw,
-        trace, num_probes``; the diffrax objects are described in a closed vocabulary,
-        e.g. ``{"name": "Tsit5"}`` or ``{"name": "ExponentialMultistep", "order": 3}``.
-        `from_settings` is the inverse.
+        Diffrax objects are described in a closed vocabulary, e.g. ``{"name": "Tsit5"}`` or
+        ``{"name": "ExponentialMultistep", "order": 3}``; `from_settings` is the inverse.
 
         Raises:
-            ValueError: naming the argument, for a solver, controller or adjoint outside
-                the vocabulary (or with options it cannot record).
+            ValueError: naming the argument, for a solver, controller or adjoint (or an
+                option of one) outside the vocabulary.
 
         Examples:
             >>> import jax.numpy as jnp
@@ -207,8 +200,7 @@ class InflationaryFlow(eqx.Module):
         """Rebuild a flow from ``schedule``, ``score`` and the output of `settings`.
 
         Raises:
-            ValueError: naming the key (``settings['solver']: ...``) for a missing or
-                unknown key or a value outside the vocabulary.
+            ValueError: naming the key, for a missing or unknown key or a bad value.
         """
         if not isinstance(settings, dict):
             raise ValueError(f"settings: expected a dict; got {type(settings).__name__}")
@@ -266,7 +258,6 @@ class InflationaryFlow(eqx.Module):
         return jax.random.rademacher(key, shape, dtype)
 
     def _run(self, a, name, encode, log_det=False, key=None):
-        """Validate ``a``, solve every point, check failures."""
         a = event_input(a, name, self.dim)
         probes = self._probes(a.shape[:-1], key, a.dtype) if log_det else None
         try:
@@ -305,8 +296,7 @@ class InflationaryFlow(eqx.Module):
     def encode_with_log_det(self, x, key: jax.Array | None = None):
         r"""Latent ``z`` and $\log|\det \partial z/\partial x|$ from one augmented solve.
 
-        The controller also controls the log-determinant's error, so this solve takes its
-        own steps: its ``z`` agrees with `encode`'s to solver accuracy, not bit for bit.
+        Its ``z`` agrees with `encode`'s to solver accuracy (the log-det enters the error norm).
 
         Args:
             x: data ``(..., D)``.
@@ -329,9 +319,8 @@ class InflationaryFlow(eqx.Module):
     def log_prob(self, x, key: jax.Array | None = None) -> jax.Array:
         r"""Log-density $\log q(x)$ of "draw z from the base, decode" at ``x`` ``(..., D)``.
 
-        Exact up to ODE and trace-estimator error for PR-preserving flows; for PR-reducing
-        ones the $\epsilon$-regularised density (squeezed directions with their tiny base
-        variances $\epsilon_i$), concentrated near a ``k``-dimensional set.
+        For PR-reducing flows the $\epsilon$-regularised density, concentrated near a
+        ``k``-dimensional set.
         """
         z, ld = self.encode_with_log_det(x, key)
         return self.base_log_prob(z) + ld
@@ -349,10 +338,8 @@ class InflationaryFlow(eqx.Module):
     def decode_standardized(self, xi, *, reduced: bool = True) -> jax.Array:
         r"""Decode a *standardized* latent $\xi$ (every coordinate ``N(0, 1)`` under the base).
 
-        With ``reduced=True``, ``xi`` is ``(..., k)``, decoded by `from_latent`. With
-        ``reduced=False``, ``xi`` is ``(..., D)``, scaled by $\sqrt{\text{base variance}}$
-        first, so that $\xi \sim N(0, I_D)$ decodes to a draw of the flow (the map that
-        latent-space samplers use).
+        ``reduced=True``: ``xi`` ``(..., k)``, decoded by `from_latent`; ``reduced=False``:
+        ``xi`` ``(..., D)``, scaled by $\sqrt{\text{base variance}}$ and decoded.
         """
         if reduced:
             return self.from_latent(xi)

@@ -76,8 +76,7 @@ class _Langevin(HMC):
             adapt_mass_matrix: learn a diagonal inverse mass matrix during warm-up.
             inverse_mass_matrix: initial diagonal of $M^{-1}$, a scalar or a vector in
                 the order of ``ravel_pytree(z)`` (default ones).
-            target_accept_prob: acceptance rate targeted by dual averaging (default
-                0.574 for `MALA`, 0.9 for `ULA`).
+            target_accept_prob: dual averaging's target (default 0.574 `MALA`, 0.9 `ULA`).
             init_strategy: NumPyro initialisation strategy for models.
             forward_mode_differentiation: compute gradients with forward-mode autodiff.
 
@@ -172,13 +171,11 @@ class MALA(_Langevin):
 class ULA(_Langevin):
     """Unadjusted Langevin algorithm: `MALA`'s step, always taken.
 
-    The chain has an $O(h)$ bias (for $\\mathcal N(0, \\sigma^2)$ without preconditioning
-    the stationary variance is $\\sigma^2/(1 - h/(2\\sigma^2))$). Only a proposal of
-    non-finite energy (a failed solve in the model) is refused, flagged ``diverging`` as
-    is any with $\\Delta H > 1000$. Warm-up tunes $h$ so that MALA's acceptance
-    probability of the moves, a measure of the discretisation error, averages
-    ``target_accept_prob`` (default 0.9); ``adapt_step_size=False`` and a small
-    ``step_size`` fix the bias. Arguments as for `MALA`; the state is a `LangevinState`.
+    The chain has an $O(h)$ bias (for $\\mathcal N(0, \\sigma^2)$ and $M = I$ the stationary
+    variance is $\\sigma^2/(1 - h/(2\\sigma^2))$). Only a proposal of non-finite energy (a failed
+    solve) is refused, flagged ``diverging`` as is any with $\\Delta H > 1000$. Warm-up
+    tunes $h$ so that MALA's acceptance probability averages ``target_accept_prob``
+    (default 0.9); ``adapt_step_size=False`` and a small ``step_size`` fix the bias.
     """
 
     _default_target = 0.9

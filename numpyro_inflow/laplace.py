@@ -1,19 +1,15 @@
 r"""Latent MAP and Laplace approximation of an inverse problem's posterior.
 
-For a flow prior and a Gaussian observation $y = F(x) + n$, $n \sim N(0,
-\operatorname{diag}\sigma^2)$, the posterior of the standardized latent $\xi$ (the site
-``"x_latent"`` of `LatentReparam`) has the negative log-density
+For a flow prior and an observation $y = F(x) + n$, $n \sim N(0, \operatorname{diag}\sigma^2)$,
+the standardized latent $\xi$ (site ``"x_latent"`` of `LatentReparam`) has the potential
 
 $$U(\xi) = \tfrac12 \lVert \xi \rVert^2
     + \tfrac12 \lVert (F(\operatorname{decode}(\xi)) - y) / \sigma \rVert^2 + c.$$
 
-`latent_map` minimises $U$ with Adam; `laplace_approximation` adds the Gauss-Newton
-Hessian $H = I + G^\top G$, $G = \partial_\xi F(\operatorname{decode}(\xi)) / \sigma$, at
-the minimum and returns $N(\hat\xi, H^{-1})$ as `LatentLaplace` ($L L^\top = H^{-1}$).
-Such posteriors are badly conditioned (the decoder stretches some directions far more
-than others): ``model(y, laplace=approx)`` of `inverse_problem` samples $w$ with
-$\xi = \hat\xi + L w$ instead, the exact posterior in coordinates where it is close to
-$N(0, I)$, so NUTS needs far fewer leapfrog steps.
+`latent_map` minimises $U$ with Adam; `laplace_approximation` returns $N(\hat\xi, L L^\top)$
+with $(L L^\top)^{-1} = I + G^\top G$, $G = \partial_\xi F(\operatorname{decode}(\xi)) / \sigma$
+(Gauss-Newton). Such posteriors are badly conditioned; `inverse_problem`'s
+``model(y, laplace=approx)`` samples $w$, $\xi = \hat\xi + L w$, close to $N(0, I)$ instead.
 """
 
 from __future__ import annotations
@@ -43,7 +39,7 @@ class LatentLaplace(NamedTuple):
 
 
 def _batched(fn, x, *rest):
-    # ``fn`` of one problem, vmapped over a batch ``x`` (B, n)
+    """``fn`` of one problem, vmapped over a batch ``x`` (B, n)."""
     return jax.vmap(fn)(x, *rest) if x.ndim == 2 else fn(x, *rest)
 
 
@@ -149,9 +145,8 @@ def laplace_approximation(
 ) -> LatentLaplace:
     """Gauss-Newton Laplace approximation of the latent posterior at its MAP.
 
-    Arguments as `latent_map`. Use the result to precondition MCMC,
-    ``MCMC(NUTS(model), ...).run(key, y, laplace=approx)`` with ``model`` from
-    `inverse_problem`, or on its own (exact when the decoder is affine).
+    Arguments as `latent_map`. Precondition MCMC with it (``mcmc.run(key, y, laplace=approx)``,
+    ``model`` from `inverse_problem`) or use it alone (exact for an affine decoder).
 
     Returns:
         `LatentLaplace` (location and Cholesky factor of the covariance).

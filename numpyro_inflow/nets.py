@@ -1,15 +1,9 @@
 r"""Flax networks for learned denoisers: an MLP for vectors and a small U-Net for images.
 
 Both map a preconditioned input ``x`` ``(..., D)`` and a noise label ``c_noise`` ``(...)``
-to an output ``(..., D)`` (the $F_\theta$ of the EDM-style preconditioning in
-`numpyro_inflow.denoiser`).
-
-Flax *linen* because a linen module is an immutable, hashable description whose weights
-live in a separate pytree: `LearnedDenoiser` keeps the module as a static field and the
-weights as array leaves, and the module's hyperparameters are its JSON configuration.
-
-Time embedding: ``c_noise`` in ``[0, 1]`` (`numpyro_inflow.denoiser.preconditioning`)
-is embedded with sines and cosines at fixed, geometric frequencies $1 \dots f_{\max}$.
+to the output $F_\theta$ ``(..., D)`` of `numpyro_inflow.denoiser`. Flax *linen*: a module
+is an immutable, hashable description (a static field of `LearnedDenoiser`, its
+hyperparameters the JSON configuration) with the weights in a separate pytree.
 """
 
 from __future__ import annotations
@@ -48,10 +42,9 @@ def _out_init(scale: float):
 class MLP(nn.Module):
     """Residual MLP with a time embedding, for vector data (the default for toys).
 
-    ``x -> Dense(width)``, then ``depth`` residual blocks
-    ``h += Dense(SiLU(Dense(SiLU(LN(h))) + Dense(emb)))`` and a final ``Dense(dim)``.
-    The output layer is zero-initialised by default (``output_scale=0``), so the
-    untrained denoiser is the Wiener filter ``c_skip * w``, exact for Gaussian data.
+    ``x -> Dense(width)``, ``depth`` blocks ``h += Dense(SiLU(Dense(SiLU(LN(h))) + Dense(emb)))``,
+    ``Dense(dim)``. The output layer starts at zero by default, so the untrained
+    denoiser is the Wiener filter ``c_skip * w``.
 
     Attributes:
         dim: input/output dimension ``D``.
@@ -105,9 +98,8 @@ class _ResBlock(nn.Module):
 class UNet(nn.Module):
     """Small convolutional U-Net for images flattened to vectors (e.g. 8x8 digits).
 
-    The input ``(..., H*W*C)`` is reshaped to ``(..., H, W, C)`` (row-major, channels
-    last), passed through one time-conditioned residual block per resolution down (2x2
-    average pooling) and up (nearest-neighbour upsampling, concatenated skips), and
+    The input ``(..., H*W*C)`` is reshaped to ``(..., H, W, C)``, passed through one
+    time-conditioned residual block per resolution down and up (with skips), and
     flattened back. Use it with ``space="data"`` so the convolutions see pixels.
 
     Attributes:

@@ -1,15 +1,9 @@
-r"""Inflationary flows as NumPyro objects, composed from NumPyro's own classes.
+r"""Inflationary flows as NumPyro transforms, a distribution and a reparameterization.
 
-* `InflationaryFlowTransform` (latent $z \to$ data $x$) and `ReducedLatentTransform`
-  ($R^k \to R^D$ for PR-reducing flows): NumPyro ``Transform`` objects.
-* `InflationaryFlowDistribution`: the ``TransformedDistribution`` of
-  $N(0, \operatorname{diag}(\text{base variance}))$ under `InflationaryFlowTransform`,
-  whose `log_prob` is one augmented encode solve (de Albuquerque & Pearson 2024).
-* `LatentReparam`: NumPyro's ``TransformReparam`` from the standardized latent (the fast
-  path: NUTS samples the latent, ``x`` is one plain decode).
-
-A failed ODE solve gives log-density $-\infty$, rejected like a divergence and counted by
-`SolveFailureCounter`. Forward-mode differentiation needs ``adjoint=diffrax.ForwardMode()``.
+`InflationaryFlowTransform` and `ReducedLatentTransform` are NumPyro ``Transform`` objects,
+`InflationaryFlowDistribution` a ``TransformedDistribution`` (de Albuquerque & Pearson 2024)
+and `LatentReparam` a ``TransformReparam`` from the standardized latent. A failed ODE solve
+gives log-density $-\infty$ (a divergence), counted by `SolveFailureCounter`.
 """
 
 from __future__ import annotations
@@ -51,8 +45,7 @@ def _host_record(n_failed) -> None:
 
 
 def _succeeded(a: jax.Array, event_ndim: int) -> jax.Array:
-    # True where `a` is finite over its last event_ndim axes; a host callback counts the
-    # others only when something failed (under vmap it runs for every element, maybe with 0)
+    # a host callback counts the non-finite points (under vmap per element, maybe with 0)
     ok = jnp.all(jnp.isfinite(a), axis=tuple(range(a.ndim - event_ndim, a.ndim)))
     n = jnp.sum(~ok, dtype=jnp.int32)
     jax.lax.cond(n > 0, lambda: jax.debug.callback(_host_record, n), lambda: None)
@@ -62,10 +55,8 @@ def _succeeded(a: jax.Array, event_ndim: int) -> jax.Array:
 class SolveFailureCounter:
     """Context manager counting failed ODE solves inside the NumPyro objects of this module.
 
-    Each failed point of a sample, log-density or decode of an
-    `InflationaryFlowDistribution` or `LatentReparam` site adds one while the counter is
-    active, also under ``jit``, ``vmap`` and ``grad`` (a host callback). Read `count`
-    after the run.
+    Each failed point of an `InflationaryFlowDistribution` or `LatentReparam` site adds
+    one while the counter is active, also under ``jit``, ``vmap`` and ``grad``.
 
     Examples:
         >>> import numpyro_inflow as nif
@@ -106,8 +97,8 @@ class SolveFailureCounter:
 def reject_failed_solves(name: str, x) -> jax.Array:
     r"""Inside a NumPyro model, reject every trace in which decoding ``x`` failed.
 
-    Adds the factor ``"<name>_solve_failed"``: $0$ per finite point of ``x``, $-\infty$ per
-    point with a NaN (a failed solve of a ``throw=False`` flow), a divergence for NUTS.
+    Adds the factor ``"<name>_solve_failed"``: $0$ per finite point of ``x``, $-\infty$
+    per point with a NaN (a failed solve of a ``throw=False`` flow).
 
     Args:
         name: the site name the factor is named after.
@@ -180,16 +171,13 @@ class _FlowTransform(Transform):
 class InflationaryFlowTransform(_FlowTransform):
     r"""The flow's decoder as a NumPyro bijection: latent $z \in R^D$ -> data $x$.
 
-    ``__call__`` decodes (integrates the pfODE ``T -> 0``), ``inv`` encodes;
-    `call_with_intermediates` also returns $\log|\det\partial x/\partial z|$ from the same
-    augmented solve, for `log_abs_det_jacobian`. For a PR-reducing flow this is the full
-    ``D``-dimensional map (`ReducedLatentTransform` is the ``k``-dimensional one). A pytree
-    whose leaves are the flow's arrays; failed solves raise or give NaN per ``flow.throw``.
+    ``__call__`` decodes, ``inv`` encodes; `call_with_intermediates` also returns
+    $\log|\det\partial x/\partial z|$ from the same solve. For a PR-reducing flow this is
+    the full ``D``-dimensional map; failed solves raise or give NaN per ``flow.throw``.
 
     Args:
         flow: an `InflationaryFlow`.
-        trace_key: a fixed PRNG key for the Hutchinson probes of the log-det, needed
-            only when ``flow.needs_trace_key``.
+        trace_key: a fixed PRNG key for the Hutchinson probes (if ``flow.needs_trace_key``).
 
     Raises:
         ValueError: if ``flow`` is not an ``InflationaryFlow``.
@@ -233,11 +221,9 @@ class InflationaryFlowTransform(_FlowTransform):
 class ReducedLatentTransform(_FlowTransform):
     r"""The decoder of a PR-reducing flow from its reduced latent: $R^k \to R^D$.
 
-    ``__call__`` decodes ``z_k`` with the squeezed coordinates at zero (`from_latent`),
-    onto a ``k``-dimensional surface; ``_inverse`` is its left inverse `to_latent`
-    (exact on the surface, a projection off it). It is **not a bijection** of $R^D$
-    (`log_abs_det_jacobian` raises): use it to push latent samples forward, as
-    `LatentReparam` does.
+    ``__call__`` is `from_latent`, ``_inverse`` its left inverse `to_latent`. **Not a
+    bijection** of $R^D$ (`log_abs_det_jacobian` raises): it pushes latent samples
+    forward, as `LatentReparam` does.
 
     Args:
         flow: an `InflationaryFlow` (if PR-preserving, ``k = D``: the full decoder).
@@ -266,14 +252,10 @@ class InflationaryFlowDistribution(dist.TransformedDistribution):
     r"""The distribution of "draw the latent from the base, decode": a prior over data.
 
     NumPyro's ``TransformedDistribution`` of $N(0, \operatorname{diag}(\text{base variance}))$
-    under an `InflationaryFlowTransform`; event shape ``(D,)``, support ``real_vector``.
-    ``sample_with_intermediates`` (what ``numpyro.sample`` calls) keeps the sampling
-    solve's log-det for ``log_prob(x, intermediates)``; otherwise ``log_prob`` is
-    $\log N(z) + \log|\det\partial z/\partial x|$ from one augmented encode solve. With
-    validation an out-of-support value warns (also under ``jit``) and gets $-\infty$.
-    A PR-reducing flow's density concentrates on a ``k``-dimensional set of widths
-    $\sqrt{\epsilon_i}$ that data-space samplers cannot explore: ``log_prob`` raises
-    unless ``regularized_density=True`` (use `LatentReparam`); sampling always works.
+    under an `InflationaryFlowTransform`. ``log_prob`` reuses the log-det of the sampling
+    solve when given its intermediates, else runs one augmented encode solve. A
+    PR-reducing flow's density concentrates near a ``k``-dimensional set that data-space
+    samplers cannot explore: ``log_prob`` raises unless ``regularized_density=True``.
 
     Args:
         flow: an `InflationaryFlow` of dimension ``D``.
@@ -282,8 +264,7 @@ class InflationaryFlowDistribution(dist.TransformedDistribution):
         regularized_density: allow ``log_prob`` for PR-reducing flows (the
             $\epsilon$-regularised density).
         trace_key: a fixed PRNG key for the Hutchinson probes when
-            ``flow.needs_trace_key``: the same probes at every evaluation, a smooth but
-            randomly perturbed density (prefer `LatentReparam`).
+            ``flow.needs_trace_key`` (a smooth but randomly perturbed density).
         validate_args: NumPyro's argument/sample validation flag.
 
     Raises:
@@ -383,8 +364,8 @@ class InflationaryFlowDistribution(dist.TransformedDistribution):
         in_support = self._validate_sample(value) if self._validate_args else None
         if in_support is not None:
             value = jnp.where(jnp.expand_dims(in_support, -1), value, 0.0)
-        flow = self.flow  # its base_log_prob is base_dist's, without validating a NaN z
-        if intermediates:  # [[z, log|det dx/dz|]] from sample_with_intermediates
+        flow = self.flow  # base_log_prob: base_dist's without validating a NaN z
+        if intermediates:  # [[z, log|det dx/dz|]]
             ((z, log_det),) = intermediates
             lp = flow.base_log_prob(z) - log_det
             ok = jnp.isfinite(lp)  # a failed sample was counted when it was drawn
@@ -411,16 +392,12 @@ class _Renamed(Messenger):
 class LatentReparam(TransformReparam):
     r"""Sample an `InflationaryFlowDistribution` site in the flow's standardized latent.
 
-    ``numpyro.handlers.reparam(model, config={"x": LatentReparam()})`` replaces the site
-    ``x`` by a standard-normal site ``"x_latent"`` $\xi$ and makes ``x`` the deterministic
-    site ``flow.decode_standardized(xi, reduced=...)`` (NumPyro's ``TransformReparam``):
-    samplers move where the prior is $N(0, I)$, one plain decode per evaluation. For a
-    PR-reducing flow ``reduced=True`` samples the ``k`` kept coordinates; otherwise all
-    ``D`` are, reproducing ``InflationaryFlowDistribution(flow)`` exactly. With a
-    ``robust`` prior a failed decode is rejected (`reject_failed_solves`).
+    Replaces the site ``x`` by a standard-normal site ``"x_latent"`` $\xi$ and makes ``x``
+    the deterministic ``flow.decode_standardized(xi, reduced=...)``: one plain decode per
+    evaluation. With a ``robust`` prior a failed decode is rejected (`reject_failed_solves`).
 
     Args:
-        reduced: use the ``k``-dimensional latent of a PR-reducing flow.
+        reduced: use the ``k``-dimensional latent of a PR-reducing flow (else all ``D``).
         latent_suffix: the latent site is named ``name + latent_suffix``.
 
     Raises:

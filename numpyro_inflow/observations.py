@@ -8,8 +8,7 @@ points ``x`` of dimension ``D`` (images flattened row-major). Use one in a NumPy
         x = numpyro.sample("x", nif.InflationaryFlowDistribution(flow))
         obs("y", x, obs=y)
 
-or let `inverse_problem` build it. Linear operators are explicit, exact matrices
-``(M, D)`` with closed-form Gaussian posteriors (`LinearGaussianObservation.gaussian_posterior`).
+or let `inverse_problem` build it. Linear operators are explicit matrices ``(M, D)``.
 """
 
 from __future__ import annotations
@@ -94,10 +93,7 @@ class _GaussianObservation(eqx.Module):
         if not isinstance(flow, InflationaryFlow):
             raise ValueError(f"flow: expected an InflationaryFlow; got {type(flow).__name__}")
         if flow.dim != self.input_dim:
-            raise ValueError(
-                f"flow: expected a flow of dimension {self.input_dim} to match the observation "
-                f"operator's input; got dimension {flow.dim}"
-            )
+            raise ValueError(f"flow: expected a flow of dimension {self.input_dim}; got {flow.dim}")
         return flow
 
     def check_observation(self, y, name: str = "y") -> jax.Array:
@@ -317,14 +313,12 @@ def inverse_problem(
         obs_name: the observation site's name.
 
     Returns:
-        The model ``model(y=None, laplace=None)``; call it with ``y`` ``(M,)`` to
-        condition, or ``None`` to simulate. With ``laplace`` (a `LatentLaplace`, latent
-        path only) it samples a whitened site ``name + "_white"`` $w$, with deterministic
-        latent ``name + "_latent"`` $\\xi = \\text{loc} + L w$ and a factor ``name + "_prior"``
-        restoring the prior $N(0, I)$ on $\\xi$: the same posterior, where NUTS needs far
-        fewer steps. A batch (``loc`` ``(B, n)``) samples ``B`` independent problems in
-        one run; as a model argument (``mcmc.run(key, y, laplace=approx)``,
-        ``jit_model_args=True``) new problems reuse the compiled sampler.
+        The model ``model(y=None, laplace=None)``; ``y`` ``(M,)`` conditions, ``None``
+        simulates. With ``laplace`` (a `LatentLaplace`, latent path only) it samples a
+        whitened site ``name + "_white"`` $w$, with deterministic ``name + "_latent"``
+        $\\xi = \\text{loc} + L w$ and a factor ``name + "_prior"`` restoring its prior: the
+        same posterior, where NUTS needs far fewer steps. A batch ``loc`` ``(B, n)`` samples
+        ``B`` problems in one run; with ``jit_model_args=True`` new problems reuse the sampler.
 
     Raises:
         ValueError: if the dimensions of ``flow`` and ``observation`` differ, for

@@ -1,11 +1,8 @@
 """Saving and loading inflationary flows as versioned directories, written atomically.
 
-A saved flow holds ``config.json`` (human-readable: format version, schedule, solver
-settings from `InflationaryFlow.settings`, score class and config, a read-only
-``summary``, caller ``metadata`` and the SHA-256 of the weights) and ``weights.eqx``
-(the arrays of ``(schedule, score)``, `equinox.tree_serialise_leaves`). Loading reads
-the arrays into a skeleton rebuilt from ``config.json`` and checks each one's shape
-and dtype.
+A saved flow holds ``config.json`` (format version, schedule, `InflationaryFlow.settings`,
+score class and config, a read-only ``summary``, caller ``metadata``, the weights' SHA-256)
+and ``weights.eqx`` (the arrays of ``(schedule, score)``, `equinox.tree_serialise_leaves`).
 """
 
 from __future__ import annotations
@@ -51,8 +48,8 @@ def _dtype(name: str):
     return dt
 
 
-# Score classes: name -> (class, config of an instance, skeleton from a config). The oracles'
-# constructors check values, so their skeletons are cheap valid placeholders.
+# Score classes: name -> (class, config of an instance, skeleton from a config); the oracles'
+# skeletons are cheap valid placeholders (their constructors check values).
 def _mixture(cfg: dict) -> GaussianMixtureScore:
     m, d, dt = int(cfg["n_components"]), int(cfg["dim"]), _dtype(cfg["dtype"])
     eye = jnp.tile(jnp.eye(d, dtype=dt), (m, 1, 1))
@@ -79,24 +76,21 @@ _SCORES = {
 
 
 def save_flow(flow: InflationaryFlow, path, overwrite: bool = False, metadata=None) -> Path:
-    """Save ``flow`` to the directory ``path`` (see the module docstring for the layout).
+    """Save ``flow`` to the directory ``path`` (layout in the module docstring).
 
     Args:
-        flow: The flow to save. Its score must be a `GaussianMixtureScore`, an
-            `EmpiricalScore` or a `LearnedDenoiser`, and its solver settings must be
-            in the vocabulary of `InflationaryFlow.settings`.
+        flow: The flow; its score a `GaussianMixtureScore`, `EmpiricalScore` or
+            `LearnedDenoiser`, its settings in the vocabulary of `InflationaryFlow.settings`.
         path: Directory to create.
         overwrite: Replace an existing directory (only once the new one is complete).
-        metadata: Optional JSON-serialisable dict stored under ``"metadata"`` in
-            ``config.json`` (for example training settings; see `read_config`).
+        metadata: Optional JSON-serialisable dict stored under ``"metadata"``.
 
     Returns:
         The directory, as a `Path`.
 
     Raises:
-        ValueError: If ``path`` exists and ``overwrite`` is false, its parent does not
-            exist, the score type or a solver setting cannot be recorded, or
-            ``metadata`` is not a JSON-serialisable dict.
+        ValueError: If ``path`` exists without ``overwrite``, its parent is missing, the
+            score or a setting cannot be recorded, or ``metadata`` is not JSON data.
 
     Examples:
         >>> import tempfile, pathlib, jax.numpy as jnp
@@ -170,8 +164,7 @@ def read_config(path) -> dict:
         The configuration dict (see the module docstring), including ``"metadata"``.
 
     Raises:
-        ValueError: If the directory or its ``config.json`` is missing, not valid JSON,
-            not a saved flow, or of an unknown format version.
+        ValueError: If ``config.json`` is missing, invalid, or of another format version.
     """
     path = Path(path)
     if not path.is_dir():
@@ -209,9 +202,8 @@ def load_flow(path) -> InflationaryFlow:
         The flow.
 
     Raises:
-        ValueError: Naming the problem, for a missing directory or file, invalid JSON,
-            an unknown format version or score type, a checksum mismatch, truncated
-            weights, or an array whose shape or dtype differs from the config.
+        ValueError: Naming the problem (missing file, invalid config, checksum mismatch,
+            truncated weights, an array's shape or dtype unlike the config's).
     """
     path = Path(path)
     config = read_config(path)
@@ -248,7 +240,7 @@ def load_flow(path) -> InflationaryFlow:
 
 
 def _checked_reader(key_path, where: Path):
-    """A per-leaf ``filter_spec`` that names the array in shape, dtype and truncation errors."""
+    """A per-leaf ``filter_spec`` naming the array in its errors."""
     name = ("schedule", "score")[key_path[0].idx] + jax.tree_util.keystr(key_path[1:])
 
     def read(f, like):

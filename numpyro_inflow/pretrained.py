@@ -1,19 +1,15 @@
 r"""Pretrained flows shipped inside the package: ``nif.pretrained("digits")``.
 
-Each lives in ``numpyro_inflow/pretrained/<name>/`` as saved by `save_flow`, loads
-offline and is checked against its recorded SHA-256. Both model sklearn's 8x8 digits in
-$[-1, 1]$ (64-D) with a residual MLP (width 256, depth 2) in eigen coordinates, trained
-for 4,000 steps of 256 on ``nif.datasets.load("digits", seed=0)[:1500]`` (the last 297
-images are held out; ``docs/tutorials/digits.md`` has the details and quality numbers):
+Each lives in ``numpyro_inflow/pretrained/<name>/`` as saved by `save_flow` and is
+checked against its recorded SHA-256. Both model sklearn's 8x8 digits in $[-1, 1]$ (64-D)
+with a residual MLP (width 256, depth 2) in eigen coordinates, trained for 4,000 steps of
+256 on ``nif.datasets.load("digits", seed=0)[:1500]`` (see ``docs/tutorials/digits.md``):
 
-- ``"digits"`` (the default): PR-preserving, a 64-D standard-normal latent; the prior
-  for calibrated inverse problems.
-- ``"digits-k16"``: PR-reducing with ``k = 16`` kept directions (constant inflation
-  gap 1): a 16-D latent whose prior is a surface in data space (held-out digits lie off
-  it; see ``docs/limitations.md``).
+- ``"digits"`` (the default): PR-preserving, a 64-D standard-normal latent.
+- ``"digits-k16"``: PR-reducing with ``k = 16`` (inflation gap 1): a 16-D latent whose
+  prior is a surface in data space (see ``docs/limitations.md``).
 
-Reproduced (bit for bit on the same machine and library versions) by
-``python benchmarks/train_digits.py --ship prp prr16``.
+Reproduced by ``python benchmarks/train_digits.py --ship prp prr16``.
 """
 
 from __future__ import annotations
@@ -80,13 +76,11 @@ def pretrained(name: str = DEFAULT, **changes) -> InflationaryFlow:
 
     Args:
         name: a key of `available` (``nif.pretrained.available()``).
-        **changes: constructor arguments to change on the loaded flow, passed to `replace`
-            (e.g. a cheap fixed-step solver: ``solver=nif.ExponentialMultistep(),
-            dt0=flow.t_end / 40``).
+        **changes: passed to `replace` (e.g. a cheap fixed-step solver:
+            ``solver=nif.ExponentialMultistep(), dt0=flow.t_end / 40``).
 
     Returns:
-        The `InflationaryFlow` (as saved: adaptive Tsit5 with
-        ``rtol = atol = 1e-5`` unless ``changes`` say otherwise).
+        The `InflationaryFlow` (as saved: adaptive Tsit5, ``rtol = atol = 1e-5``).
 
     Raises:
         ValueError: for an unknown name (the message lists the available ones), a

@@ -1,13 +1,9 @@
 r"""Inflation schedules: the data's eigenbasis and the noise/scale functions of time.
 
-Everything here is expressed per eigen-direction ``i`` of the data covariance
-$\Sigma = W \operatorname{diag}(\lambda) W^\top$ (eigenvalues sorted descending).
-With a rate $r_i = \rho(1 + g_i)$ the injected noise variance is
-
-$$\gamma_i(t) = \gamma_{0,i}\, e^{r_i t},$$
-
-and the scaled state is $v = s(t)\, w$. See de Albuquerque & Pearson,
-"Inflationary Flows", NeurIPS 2024, section 3 and appendix B, and ``docs/concepts.md``.
+Per eigen-direction ``i`` of the data covariance $\Sigma = W \operatorname{diag}(\lambda)
+W^\top$ (descending), the noise variance is $\gamma_i(t) = \gamma_{0,i}\, e^{r_i t}$ with
+rate $r_i = \rho(1 + g_i)$, and the scaled state is $v = s(t)\, w$ (de Albuquerque &
+Pearson, "Inflationary Flows", NeurIPS 2024, section 3 and appendix B).
 """
 
 from __future__ import annotations
@@ -27,12 +23,11 @@ __all__ = ["InflationSchedule", "participation_ratio"]
 def participation_ratio(eigenvalues_or_covariance) -> jax.Array:
     r"""Participation ratio $(\sum_i \lambda_i)^2 / \sum_i \lambda_i^2$.
 
-    A soft count of the dimensions the data occupy: 1 for a rank-one covariance and
-    ``D`` for an isotropic one.
+    A soft count of the dimensions the data occupy (1 for rank one, ``D`` for isotropic).
 
     Args:
         eigenvalues_or_covariance: eigenvalues ``(..., D)`` or a covariance ``(..., D, D)``
-            (an input with two or more axes whose last two are equal is a covariance).
+            (read as one when the last two axes are equal).
 
     Returns:
         The participation ratio, with the leading batch shape.
@@ -40,7 +35,7 @@ def participation_ratio(eigenvalues_or_covariance) -> jax.Array:
     Raises:
         ValueError: if the input is not floating point.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> float(participation_ratio(jnp.ones(4)))
         4.0
@@ -82,12 +77,10 @@ def _g_vector(dim: int, keep: int | None, inflation_gap, g) -> np.ndarray:
 class InflationSchedule(eqx.Module):
     r"""Noise and scale schedule of an inflationary flow, in the data's eigenbasis.
 
-    Build one with `from_data` or `from_moments`. The default is the authors' reference
-    schedule: isotropic starting noise $\gamma_0$ and one global scale
-    $s(t) = A_0/\sqrt{\lambda_1 + \gamma_*(t)}$. ``proportional=True`` (PR-preserving
-    only) is the paper's variant $\gamma_{0,i} = \gamma_0 \lambda_i/\lambda_1$,
-    $s_i(t) = A_0/\sqrt{\lambda_i + \gamma_i(t)}$: the scaled covariance of Gaussian
-    data is then exactly $A_0^2 I$ at every time.
+    Build one with `from_data` or `from_moments`. The default is the authors' schedule:
+    isotropic starting noise $\gamma_0$, one scale $s(t) = A_0/\sqrt{\lambda_1 + \gamma_*(t)}$.
+    ``proportional=True`` (PR-preserving) is the paper's variant $\gamma_{0,i} = \gamma_0
+    \lambda_i/\lambda_1$, $s_i(t) = A_0/\sqrt{\lambda_i + \gamma_i(t)}$.
 
     Attributes:
         mean: data mean ``(D,)``.
@@ -135,15 +128,13 @@ class InflationSchedule(eqx.Module):
             x: data, floating point, ``N >= 2`` finite rows.
             keep: ``None`` for PR-preserving; ``k`` in ``1..D-1`` to keep the top ``k``
                 principal directions and squeeze the rest (PR-reducing).
-            inflation_gap: PR-reducing only. ``None`` gives the authors' "orig"
-                exponents ``g_i = -k/(D-k)``; a number ``IG`` in ``(0, 2)`` gives the
-                constant gap ``g_i = 1 - IG`` for the squeezed directions.
+            inflation_gap: PR-reducing only. ``None``: the authors' "orig" exponents
+                ``g_i = -k/(D-k)``; ``IG`` in ``(0, 2)``: ``g_i = 1 - IG`` when squeezed.
             rho: base rate, > 0.
             gamma0: starting noise variance, > 0.
-            t_end: end time; ``None`` picks the time at which the fastest noise
-                variance reaches ``end_ratio`` times the top eigenvalue.
-            g: explicit exponents ``(D,)`` overriding ``keep``/``inflation_gap``'s
-                choice (``keep`` still says how many leading directions are kept).
+            t_end: end time; ``None``: when the fastest noise variance reaches
+                ``end_ratio`` times the top eigenvalue.
+            g: explicit exponents ``(D,)`` (``keep`` still counts the kept directions).
             A0: latent scale, > 0.
             end_ratio: see ``t_end``.
             eig_floor: eigenvalues are floored at ``eig_floor * lambda_1``.
@@ -153,8 +144,7 @@ class InflationSchedule(eqx.Module):
             The schedule.
 
         Raises:
-            ValueError: for non-float, non-finite or too few samples, or any argument
-                out of range.
+            ValueError: for non-float, non-finite or too few samples, or a bad argument.
         """
         options = {k: v for k, v in locals().items() if k not in ("cls", "x")}
         x = as_float_array(x, "x")
@@ -186,8 +176,7 @@ class InflationSchedule(eqx.Module):
     ) -> InflationSchedule:
         """Schedule from a mean ``(D,)`` and covariance ``(D, D)``.
 
-        Same arguments as `from_data`; useful with an exact oracle whose moments
-        are known (`GaussianMixtureScore.moments`).
+        Same arguments as `from_data`; e.g. with `GaussianMixtureScore.moments`.
         """
         mean = as_float_array(mean, "mean", min_ndim=1)
         cov = as_float_array(covariance, "covariance")
@@ -218,7 +207,7 @@ class InflationSchedule(eqx.Module):
         if lam[0] <= 0:
             raise ValueError("covariance: expected a non-zero covariance; got all eigenvalues <= 0")
         lam = np.maximum(lam, eig_floor * lam[0])
-        # Deterministic sign convention: the largest-magnitude entry of each column is positive.
+        # Deterministic signs: the largest-magnitude entry of each column is positive.
         signs = np.sign(w[np.argmax(np.abs(w), axis=0), np.arange(d)])
         w = w * np.where(signs == 0, 1.0, signs)
 

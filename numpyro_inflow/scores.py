@@ -1,10 +1,8 @@
 r"""Scores (denoisers) of the noised data distribution, in eigen coordinates.
 
-A score object gives the posterior mean $D(w, t) = E[u_0 \mid w_t = w]$ of the clean
-point given an unscaled eigen-coordinate point ``w`` at time ``t``; Tweedie's formula
-turns it into the score $\nabla \log p_t(w) = (D(w, t) - w)/\gamma(t)$. The exact
-oracles `GaussianMixtureScore` (the whole flow in closed form) and `EmpiricalScore`
-(a finite data set) live here; learned denoisers implement the same interface.
+A score object gives the posterior mean $D(w, t) = E[u_0 \mid w_t = w]$ of the clean point
+given unscaled eigen coordinates ``w`` at time ``t`` (Tweedie: $\nabla \log p_t(w) =
+(D(w, t) - w)/\gamma(t)$). Here: the exact oracles `GaussianMixtureScore` and `EmpiricalScore`.
 """
 
 from __future__ import annotations
@@ -42,13 +40,12 @@ class AbstractScore(eqx.Module):
 class GaussianMixtureScore(AbstractScore):
     r"""Exact denoiser of a Gaussian mixture $\sum_m \pi_m N(m_m, S_m)$ (data space).
 
-    In eigen coordinates the noised marginal is the mixture with means
-    $a_m = W^\top(m_m - \mu)$ and covariances
-    $B_m + \operatorname{diag}\gamma(t)$, $B_m = W^\top S_m W$, so
+    In eigen coordinates the noised marginal has means $a_m = W^\top(m_m - \mu)$ and
+    covariances $B_m + \operatorname{diag}\gamma(t)$, $B_m = W^\top S_m W$, so
 
     $$D(w, t) = \sum_m r_m(w)\,[a_m + B_m (B_m + G)^{-1}(w - a_m)],$$
 
-    with responsibilities $r_m$: an exact flow, and a ground truth for posteriors.
+    with responsibilities $r_m$: an exact flow.
 
     Args:
         weights: mixture weights ``(M,)``, non-negative, normalised here.
@@ -58,7 +55,7 @@ class GaussianMixtureScore(AbstractScore):
     Raises:
         ValueError: on inconsistent shapes, negative weights or non-SPD covariances.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> gm = GaussianMixtureScore(jnp.array([1.0]), jnp.zeros((1, 2)), jnp.eye(2)[None])
         >>> gm.dim
@@ -137,9 +134,8 @@ class GaussianMixtureScore(AbstractScore):
     def log_prob_t(self, w: jax.Array, t, schedule: InflationSchedule) -> jax.Array:
         r"""Exact $\log p_t(w)$ of unscaled eigen coordinates ``w`` ``(..., D)``.
 
-        At ``t = 0`` this is the density the flow represents: the mixture convolved with
-        $N(0, \operatorname{diag}\gamma(0))$ (rotation-invariant, so it is also the
-        data-space density of ``x`` with ``w = W^T(x - mu)``).
+        At ``t = 0`` this is the flow's density (the mixture convolved with
+        $N(0, \operatorname{diag}\gamma(0))$), also in data space with ``w = W^T(x - mu)``.
         """
         a, _, chol = self._noised(t, schedule)
         one = lambda wi: jax.nn.logsumexp(self._log_joint(wi, a, chol))  # noqa: E731
@@ -157,9 +153,8 @@ class GaussianMixtureScore(AbstractScore):
 class EmpiricalScore(AbstractScore):
     r"""Kernel denoiser of a finite data set, $p_0 = \frac1N\sum_j \delta(x_j)$.
 
-    The noised marginal is a mixture of $N(a_j, \operatorname{diag}\gamma(t))$ on the
-    projected data $a_j$, so the denoiser is a softmax-weighted average of the data,
-    streamed in chunks with a running log-sum-exp (memory ``O(chunk_size * D)``).
+    A softmax-weighted average of the projected data $a_j$, streamed in chunks with a
+    running log-sum-exp (memory ``O(chunk_size * D)``).
 
     Args:
         x: data ``(N, D)``.

@@ -1,50 +1,32 @@
 r"""Exponential integrators for the semi-linear pfODE, as diffrax solvers.
 
-The pfODE of `PFODEField` is semi-linear: in the unscaled eigen coordinates
-$w = v/s(t)$ it reads, per direction $i$,
-
-$$
-\frac{dw_i}{dt} = c_i\,\bigl(w_i - D_i(w, t)\bigr), \qquad
-c_i = \frac{r_i}{2} = \frac{\rho(1+g_i)}{2},
-$$
-
-with a constant rate $c_i$ ($\log\gamma_i$ is affine in $t$; de Albuquerque & Pearson
-2024, §3). Variation of constants over a step $t_0 \to t_1 = t_0 + h$ is exact:
+In the unscaled eigen coordinates $w = v/s(t)$ the pfODE of `PFODEField` reads
+$\dot w_i = c_i\,(w_i - D_i(w, t))$ with a constant rate $c_i = r_i/2 = \rho(1+g_i)/2$
+(de Albuquerque & Pearson 2024, §3), so variation of constants over a step
+$t_0 \to t_1 = t_0 + h$ is exact:
 
 $$
 w_i(t_1) = e^{c_i h}\, w_i(t_0)
 - \int_{t_0}^{t_1} c_i\, e^{c_i (t_1 - \tau)}\, D_i(\tau)\, d\tau .
 $$
 
-Only the denoiser is approximated. Writing $\sigma = \tau - t_0$, $x_i = c_i h$
-and $\varphi_k(x) = \sum_{j \ge 0} x^j/(j+k)!$ (so $\varphi_1(x) = (e^x-1)/x$),
-the moments of the kernel are
-
-$$\int_0^h c\, e^{c(h-\sigma)}\, \frac{\sigma^k}{k!}\, d\sigma = h^k\, x\,\varphi_{k+1}(x),$$
-
-so a polynomial model $D(t_0+\sigma) \approx D_0 + \sigma D'$ integrates exactly to
+Only the denoiser is approximated. With $x_i = c_i h$, $\varphi_k(x) = \sum_{j \ge 0}
+x^j/(j+k)!$ and the kernel moments $\int_0^h c\, e^{c(h-\sigma)}\, \sigma^k/k!\, d\sigma
+= h^k\, x\,\varphi_{k+1}(x)$, a model $D(t_0+\sigma) \approx D_0 + \sigma D'$ integrates to
 
 $$w(t_1) = e^{x} w(t_0) - (e^{x} - 1)\, D_0 - h\, x\varphi_2(x)\, D' .$$
 
-The solvers differ in how they get $D'$:
-
 * `ExponentialEuler`: $D' = 0$; first order, one evaluation per step.
-* `ExponentialMultistep`: $D'$ from previous evaluations; second (or, ``order=3``,
-  third) order with *one* evaluation per step, on any grid.
-* `ExponentialMidpoint`: $D' = (D_{1/2} - D_0)/(h/2)$ from a predictor to the
-  midpoint; second order, two evaluations per step, adaptive.
+* `ExponentialMultistep`: $D'$ from previous evaluations; order 2 (or 3) with one
+  evaluation per step, on any grid.
+* `ExponentialMidpoint`: $D'$ from a predictor to the midpoint; second order, two
+  evaluations per step, adaptive.
 
-In the time $\lambda_i = -\tfrac12\log\gamma_i$ these are the data-prediction
-exponential integrators of the diffusion literature (DPM-Solver++ 1/2M/2S, DEIS), with
-per-direction rates; the scale $v = s(t)\,w$ and the linear part are propagated exactly.
-
-When the field carries the divergence accumulator (state ``(v, acc)``), ``acc`` is
-integrated with the same polynomial model of the divergence, so every solver keeps its
-order on the log-determinant.
-
-The solvers need ``diffrax.ODETerm(PFODEField(...))`` (other vector fields raise
-``ValueError`` when the solve is traced) and declare ``evals_per_step`` and
-``initial_evals`` (evaluations before the first step), which the flow's NFE count reads.
+These are the data-prediction integrators of the diffusion literature (DPM-Solver++
+1/2M/2S, DEIS) with per-direction rates. A divergence accumulator (state ``(v, acc)``)
+is integrated with the same polynomial model, keeping each solver's order on the
+log-determinant. The solvers need ``diffrax.ODETerm(PFODEField(...))`` and declare
+``evals_per_step`` and ``initial_evals``, which the flow's NFE count reads.
 
 Examples:
     >>> import jax.numpy as jnp
@@ -80,8 +62,7 @@ _SERIES_TERMS = 10
 
 
 def _xphi(k: int, x: jax.Array) -> jax.Array:
-    r"""$x\,\varphi_k(x)$ for ``k >= 1``: ``expm1(x)`` for ``k = 1``, and in general
-    $(e^x - \sum_{j<k} x^j/j!)/x^{k-1}$, computed stably for small ``|x|``."""
+    r"""$x\,\varphi_k(x) = (e^x - \sum_{j<k} x^j/j!)/x^{k-1}$, stable for small ``|x|``."""
     if k == 1:
         return jnp.expm1(x)
     small = jnp.abs(x) < _SERIES_CUTOFF
@@ -93,11 +74,7 @@ def _xphi(k: int, x: jax.Array) -> jax.Array:
 
 
 def _field(terms) -> PFODEField:
-    """The `PFODEField` of the ``ODETerm`` that ``term_structure`` admitted.
-
-    ``diffeqsolve`` passes solvers its own time-normalising wrapper of that term; the
-    term is a node of the wrapper's pytree, found without naming the wrapper.
-    """
+    """The `PFODEField` of the ``ODETerm`` inside diffeqsolve's wrapper of the terms."""
     is_term = lambda n: isinstance(n, diffrax.ODETerm)  # noqa: E731
     nodes = [n for n in jax.tree.leaves(terms, is_leaf=is_term) if is_term(n)]
     field = nodes[0].vector_field if len(nodes) == 1 else None
@@ -111,8 +88,7 @@ def _field(terms) -> PFODEField:
 
 
 def _start(terms, t0, t1, y0):
-    """Common start of a step: field, start time and step in the field's own time, state
-    and the first evaluation ``d, div``."""
+    """Field, start time and step in the field's time, state, and the evaluation ``d, div``."""
     field = _field(terms)
     # An ODE term's control from 0 to t is the time its field sees at t: t itself, or -t
     # in the negated time in which diffeqsolve runs a solve with t1 < t0.
@@ -122,8 +98,7 @@ def _start(terms, t0, t1, y0):
 
 
 def _propagate(field, t0, h, v0, d0, slope=None, curv=None) -> jax.Array:
-    r"""$v(t_0+h)$ from the exact integral of
-    $D(t_0+\sigma) = D_0 + \sigma\,\mathrm{slope} + \sigma^2\,\mathrm{curv}$."""
+    r"""$v(t_0+h)$ for $D(t_0+\sigma) = D_0 + \sigma\,\mathrm{slope} + \sigma^2\,\mathrm{curv}$."""
     sch = field.schedule
     x = 0.5 * sch.rates * h
     w0 = v0 / sch.scale(t0)
@@ -170,9 +145,8 @@ class _AbstractExponentialSolver(diffrax.AbstractSolver):
 class ExponentialEuler(_AbstractExponentialSolver):
     r"""Exponential Euler for the pfODE: the denoiser is frozen over each step ($D' = 0$).
 
-    First order, one denoiser evaluation per step, no error estimate (use
-    ``diffrax.ConstantStepSize`` or ``diffrax.StepTo``); exact when the denoiser is
-    constant in time. The log-density accumulator takes an explicit Euler step.
+    First order, one evaluation per step, no error estimate (use ``ConstantStepSize`` or
+    ``StepTo``). The log-density accumulator takes an explicit Euler step.
     """
 
     evals_per_step: ClassVar[int] = 1
@@ -188,19 +162,13 @@ class ExponentialEuler(_AbstractExponentialSolver):
 class ExponentialMultistep(_AbstractExponentialSolver):
     r"""Exponential multistep integrator (2M or 3M): one evaluation per step.
 
-    The denoiser is modelled as the polynomial through the current and the
-    ``order - 1`` previous evaluations, integrated exactly against the exponential
-    kernel: $D' = (D_0 - D_{-1})/(t_0 - t_{-1})$ for ``order=2``. For ``order=3`` the Newton form
-    $D_0 + d_1\sigma + d_2\sigma(\sigma + t_0 - t_{-1})$ through three points
-    (divided differences $d_1, d_2$) adds
-    $-h\,x\varphi_2(x)\, d_2 (t_0 - t_{-1}) - 2h^2\, x\varphi_3(x)\, d_2$.
-
-    Start-up: an exponential Euler predictor to the first step's midpoint provides a
-    history point (``initial_evals = 2``), so the first step is a second-order 2S step
-    (a first-order start would cap the global order at 2, with an error the inflation
-    amplifies). After a jump the history is dropped. Any grid works (``StepTo``); there
-    is no error estimate, so adaptive controllers do not. The log-density accumulator
-    takes the matching Adams–Bashforth step on the variable grid.
+    The denoiser is the polynomial through the current and ``order - 1`` previous
+    evaluations: $D' = (D_0 - D_{-1})/(t_0 - t_{-1})$ for ``order=2``; for ``order=3`` the
+    Newton form $D_0 + d_1\sigma + d_2\sigma(\sigma + t_0 - t_{-1})$ (divided differences).
+    An exponential Euler predictor to the first step's midpoint gives a start-up history
+    point (``initial_evals = 2``; a first-order start would cap the order at 2). After a
+    jump the history is dropped. Any grid works; no error estimate, so no adaptive
+    controller. The log-density accumulator takes the matching Adams–Bashforth step.
 
     Args:
         order: 2 (default) or 3.
@@ -219,11 +187,10 @@ class ExponentialMultistep(_AbstractExponentialSolver):
         self.method_order = int(order)
 
     def init(self, terms, t0, t1, y0, args):
-        # diffrax passes the end of the *first step* as t1; start-up as in the docstring.
+        # diffrax passes the end of the *first step* as t1.
         field, ta, h, v0, _, d0, _ = _start(terms, t0, t1, y0)
         t_mid, d_mid, div_mid = _midpoint(field, ta, h, v0, d0)
-        # History, newest first: times, D's, divergences, and how many entries are valid
-        # (the second entry, for order 3, is filled by the first step).
+        # History, newest first: times, D's, divergences, and the count of valid entries.
         hist = self.method_order - 1
         return (t_mid,) * hist, (d_mid,) * hist, (div_mid,) * hist, jnp.where(h == 0, 0, 1)
 
@@ -266,12 +233,10 @@ class ExponentialMultistep(_AbstractExponentialSolver):
 class ExponentialMidpoint(_AbstractExponentialSolver, diffrax.AbstractAdaptiveSolver):
     r"""Second-order single-step exponential integrator (2S, midpoint), adaptive.
 
-    An exponential Euler predictor to $t_0 + h/2$ gives $D_{1/2}$, and the line through
-    $D_0$ and $D_{1/2}$ is integrated exactly. Two evaluations per step; the difference
-    from the exponential Euler step, $h\,x\varphi_2(x)\,D'$, is the local error
-    estimate, so this solver works with ``diffrax.PIDController`` (the default an
-    `InflationaryFlow` builds for it) as well as with fixed grids. The log-density
-    accumulator uses the midpoint rule $a_1 = a_0 + h\,\mathrm{div}_{1/2}$.
+    An exponential Euler predictor to $t_0 + h/2$ gives $D_{1/2}$; the line through $D_0$
+    and $D_{1/2}$ is integrated exactly. Two evaluations per step; the difference from
+    exponential Euler, $h\,x\varphi_2(x)\,D'$, is the error estimate for
+    ``diffrax.PIDController``. The log-density accumulator uses the midpoint rule.
     """
 
     evals_per_step: ClassVar[int] = 2

@@ -1,12 +1,9 @@
-r"""Training learned denoisers: `init_flow` (the untrained flow of data), `train_flow`
-(the compiled loop over an optax optimiser) and `fit` (both, in one line).
+r"""Training learned denoisers: `init_flow`, `train_flow` (a compiled optax loop) and `fit`.
 
-The loop minimises the denoising score-matching loss and returns an exponential
-moving average (EMA) of the weights, its half-life ramped up from zero as in
-de Albuquerque & Pearson (2024). Batches are drawn by a key folded with the step, so
-a run is a pure function of its key and settings: it resumes from a checkpoint to the
-same result, and gives the same numbers (to float rounding) on one device or several
-(steps run in compiled chunks, sharded along the batch).
+The loop minimises the denoising score-matching loss and returns an exponential moving
+average (EMA) of the weights, its half-life ramped up from zero (de Albuquerque & Pearson
+2024). Batches come from a key folded with the step, so a run is a pure function of its
+key and settings: a resumed run ends the same, and so (to rounding) does a sharded one.
 """
 
 from __future__ import annotations
@@ -45,11 +42,9 @@ class TrainingHistory:
     """What happened during `train_flow` (or `fit_with_history`).
 
     Attributes:
-        loss: training loss of every completed step (raw weights, the batch drawn at
-            that step), shape ``(steps_done,)``.
+        loss: ``(steps_done,)`` training loss of every step (raw weights, its batch).
         val_step: steps at which the validation loss was measured.
-        val_loss: held-out loss of the EMA weights at those steps (fixed draws of
-            ``t`` and noise, so values are comparable along the run).
+        val_loss: held-out loss of the EMA weights there (fixed draws of ``t`` and noise).
         steps: steps completed (including those of a resumed run).
         batch_size: global batch size.
         wall_time: seconds spent in this call (not counting earlier, resumed parts).
@@ -117,21 +112,17 @@ def _prepare_data(x, name: str = "x", dim: int | None = None, held_out: int = 0)
 def init_flow(x, keep=None, *, seed=0, network: dict | None = None, **schedule) -> InflationaryFlow:
     r"""The untrained flow of data ``x``: its schedule and a fresh `LearnedDenoiser`.
 
-    The output layer starts at zero (unless ``output_scale`` says otherwise), so the
+    The output layer starts at zero (unless ``output_scale`` says otherwise): the
     untrained denoiser is the Wiener filter, exact for Gaussian data.
 
     Args:
         x: data ``(N, D)`` with ``N > D``, floating point and finite.
-        keep: ``None`` for a PR-preserving flow, ``k`` to keep the top ``k`` principal
-            directions (PR-reducing).
-        seed: the weights use the first key of ``jax.random.split(jax.random.key(seed),
-            3)``; `train_flow` with ``key=jax.random.key(seed)`` uses the other two.
-        network: ``architecture`` (``"mlp"``, the default, or ``"unet"`` for square
-            images), ``space`` (``"eigen"``/``"data"``) and hyperparameters
-            (``width``, ``depth``, ...; see `numpyro_inflow.nets`).
+        keep: ``None`` for a PR-preserving flow, ``k`` to keep ``k`` principal directions.
+        seed: the weights use the first key of ``jax.random.split(jax.random.key(seed), 3)``.
+        network: ``architecture`` (``"mlp"`` or ``"unet"`` for square images), ``space``
+            (``"eigen"``/``"data"``) and hyperparameters (see `numpyro_inflow.nets`).
         **schedule: keyword arguments of `InflationSchedule.from_data`; PR-reducing
-            flows default to ``inflation_gap=1`` rather than the paper's exponents
-            (``None``), which trained markedly worse at `fit`'s default budget.
+            flows default to ``inflation_gap=1``, which trains better than ``None``.
 
     Returns:
         The `InflationaryFlow` (default solver settings; change them with ``replace``).
@@ -177,8 +168,7 @@ def adam_warmup_cosine(
         grad_clip: clip gradients to this global norm.
 
     Returns:
-        The optimiser, made with ``optax.inject_hyperparams`` so that its state holds
-        the current learning rate (`train_flow` reports it).
+        The optimiser; its state holds the current learning rate (``inject_hyperparams``).
 
     Raises:
         ValueError: for settings out of range.
@@ -266,9 +256,8 @@ class _Loop:
                 if bool(state.failed):
                     h.stopped = (
                         f"non-finite loss or gradient at step {h.steps + 1} (loss "
-                        f"{loss[np.argmin(ok)]}); training stopped and the last good state "
-                        f"(step {h.steps}) is kept. Lower the learning rate or the gradient "
-                        "clipping, or check the data scale."
+                        f"{loss[np.argmin(ok)]}); kept the last good state (step {h.steps}). "
+                        "Lower the learning rate or the gradient clipping, or check the data."
                     )
                     warnings.warn(f"train: {h.stopped}", RuntimeWarning, stacklevel=3)
                     break
@@ -280,15 +269,13 @@ class _Loop:
                     self.save(state, h, fp)
                 bar.update(h.steps - done)
                 post = {"loss": f"{np.mean(loss[ok]):.4g}", "samples/s": f"{rate:.3g}"}
-                bar.set_postfix(
-                    post if last_val is None else {**post, "val": f"{last_val:.4g}"}, False
-                )
+                val_post = {} if last_val is None else {"val": f"{last_val:.4g}"}
+                bar.set_postfix(post | val_post, False)
                 done = h.steps
                 lr = optax.tree_utils.tree_get(state.opt_state, "learning_rate", None, _ARRAYS)
                 metrics = dict(step=done, loss=float(np.mean(loss[ok])), val_loss=last_val)
-                metrics.update(
-                    samples_seen=h.samples_seen, learning_rate=lr if lr is None else float(lr)
-                )
+                metrics["samples_seen"] = h.samples_seen
+                metrics["learning_rate"] = lr if lr is None else float(lr)
                 if callback is not None and callback(done, metrics) is False:
                     h.stopped = f"stopped by the callback at step {done}"
                     break
@@ -342,10 +329,9 @@ def train_flow(
 ) -> tuple[InflationaryFlow, TrainingHistory]:
     r"""Train the score of ``flow`` on data ``x`` by denoising score matching.
 
-    Every floating-point array of ``flow.score`` is trained (the weights of a
-    `LearnedDenoiser`); the schedule stays fixed. Each step draws a batch with
-    replacement, times $t \sim U[t_{min}, T]$ and noise, and applies ``optimiser`` to
-    the gradient of `denoising_loss`.
+    Every floating-point array of ``flow.score`` is trained; the schedule stays fixed.
+    Each step draws a batch with replacement, times $t \sim U[t_{min}, T]$ and noise, and
+    applies ``optimiser`` to the gradient of `denoising_loss`.
 
     Args:
         flow: the flow to train, e.g. from `init_flow`.
@@ -359,17 +345,14 @@ def train_flow(
         t_min: smallest training time.
         ema_half_life: half-life of the weight average in steps (default ``steps / 20``).
         ema_rampup: the half-life used at a step is ``min(ema_half_life, ema_rampup * step)``.
-        eval_every: steps between validation losses (default ``steps / 20``, rounded
-            to whole compiled chunks).
+        eval_every: steps between validation losses (default about ``steps / 20``).
         devices: devices to shard the batch over (default: all visible devices).
         checkpoints: where to write checkpoints and whether to resume.
-        progress: show a progress bar (loss, validation loss, throughput, ETA).
-        callback: called as ``callback(step, metrics)`` after every compiled chunk
-            (``step``, ``loss``, ``val_loss``, ``samples_seen``, ``learning_rate``
-            if the optimiser state holds it); returning ``False`` stops training.
-        settings: JSON-serialisable description of anything else that determines the
-            run, such as the optimiser's hyperparameters (an optax optimiser cannot be
-            fingerprinted); kept in the history and checkpoints; a resumed run must match.
+        progress: show a progress bar.
+        callback: ``callback(step, metrics)`` after every compiled chunk (``step``, ``loss``,
+            ``val_loss``, ``samples_seen``, ``learning_rate``); ``False`` stops training.
+        settings: JSON-serialisable description of anything else that determines the run
+            (e.g. the optimiser's hyperparameters); a resumed run must match.
 
     Returns:
         ``(flow, history)``: the flow with the EMA weights, and the `TrainingHistory`.
@@ -378,8 +361,7 @@ def train_flow(
         ValueError: for bad data or settings, or a checkpoint of another run.
 
     Warns:
-        RuntimeWarning: when a non-finite loss or gradient stops training (the last good
-            state is kept).
+        RuntimeWarning: when a non-finite loss or gradient stops training.
 
     Examples:
         >>> import jax, numpy as np
@@ -445,27 +427,22 @@ def fit(
 ) -> InflationaryFlow:
     r"""Train a denoiser on data ``x`` and return the inflationary flow it defines.
 
-    Holds out ``validation_fraction`` of ``x`` (a permutation by ``seed``), then
-    `init_flow` and `train_flow` on the rest. The defaults (a residual MLP of width 128
-    and depth 3, 20,000 steps of 512, Adam at 2e-3 with 5 % warm-up and cosine decay)
-    train the paper's 2-3 dimensional toy sets in a few minutes on two CPU cores.
+    Holds out ``validation_fraction`` of ``x`` (permuted by ``seed``), then runs
+    `init_flow` and `train_flow` on the rest. The defaults train the paper's 2-3
+    dimensional toy sets in a few minutes on two CPU cores.
 
     Args:
         x: data ``(N, D)``, floating point and finite.
-        keep: ``None`` for a PR-preserving flow, ``k`` to keep the top ``k`` principal
-            directions (PR-reducing).
+        keep: ``None`` for a PR-preserving flow, ``k`` to keep ``k`` principal directions.
         steps: optimisation steps.
         batch_size: examples per step (all devices together).
         seed: seed of everything random (initialisation, split, batches, noise).
         schedule: keyword arguments of `InflationSchedule.from_data` (see `init_flow`).
-        network: architecture and hyperparameters, e.g. ``dict(width=64, depth=2)``
-            (see `init_flow`).
-        optimiser: keyword arguments of `adam_warmup_cosine` (``learning_rate``,
-            ``warmup_steps``, ``final_lr_fraction``, ``grad_clip``), or an optax
-            optimiser (not part of the fingerprint that a resumed run must match).
+        network: architecture and hyperparameters, e.g. ``dict(width=64)`` (see `init_flow`).
+        optimiser: keyword arguments of `adam_warmup_cosine`, or an optax optimiser (not
+            part of the fingerprint that a resumed run must match).
         validation_fraction: share of ``x`` held out for the validation loss (0: none).
-        **train_options: keyword arguments of `train_flow` (``progress``, ``checkpoints``,
-            ``callback``, ``devices``, ``eval_every``, ``ema_half_life``, ...).
+        **train_options: keyword arguments of `train_flow` (``progress``, ``checkpoints``, ...).
 
     Returns:
         The `InflationaryFlow` with the EMA denoiser (default solver settings).
@@ -474,7 +451,7 @@ def fit(
         ValueError: for bad data, a setting out of range, or a checkpoint of another run.
 
     Warns:
-        RuntimeWarning: when a non-finite loss stops training (the last good state is kept).
+        RuntimeWarning: when a non-finite loss stops training.
 
     Examples:
         >>> import numpy as np, numpyro_inflow as nif

@@ -8,6 +8,7 @@ import pytest
 from numpyro_inflow import demo
 
 
+@pytest.mark.slow
 def test_digits_demo_writes_report(tmp_path, capsys):
     out = tmp_path / "demo"
     out.mkdir()

@@ -105,6 +105,7 @@ def test_min_ess_is_large_for_independent_and_small_for_sticky_chains():
     assert mod.min_ess(sticky) < 60
 
 
+@pytest.mark.slow
 def test_quick_run_writes_files_and_sane_numbers(tmp_path):
     out = tmp_path / "out"
     prefix = tmp_path / "bench" / "ip"

@@ -45,6 +45,7 @@ def test_map_and_laplace_equal_exact_gaussian_posterior(gaussian_problem):
     assert np.allclose(np.triu(lat, 1), 0)  # lower triangular
 
 
+@pytest.mark.slow
 def test_preconditioned_nuts_matches_mixture_posterior():
     gm = nif.GaussianMixtureScore(
         jnp.array([0.4, 0.6]),

@@ -6,6 +6,7 @@ import pytest
 from conftest import load_example
 
 
+@pytest.mark.slow
 def test_hierarchical_gmm_example_runs(tmp_path, capsys):
     res = load_example("hierarchical_gmm").main(
         [
